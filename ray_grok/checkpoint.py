@@ -1,0 +1,85 @@
+"""Atomic checkpoints: 'latest' (everything to continue exactly) with one fallback, and 'best'.
+
+A checkpoint is written to a temp file, fsynced and renamed into place, so a kill never leaves a
+half-written file under a real name. The previous 'latest' is kept as 'previous': if 'latest' is
+truncated or corrupt anyway (a full disk, a copy gone wrong), loading falls back to it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LATEST, PREVIOUS, BEST = "latest.pt", "previous.pt", "best.pt"
+REQUIRED_KEYS = ("step", "model", "optimizer", "sampler", "rng", "config")
+
+
+def _write_synced(obj: Any, path: Path) -> Path:
+    """torch.save to PATH.tmp and fsync it; the caller renames it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    os.replace(_write_synced(obj, path), path)
+
+
+def save_latest(state: dict, ckpt_dir: Path) -> None:
+    """Write `state` as latest; the old latest becomes previous."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    latest = ckpt_dir / LATEST
+    tmp = _write_synced(state, latest)
+    if latest.exists():
+        os.replace(latest, ckpt_dir / PREVIOUS)
+    os.replace(tmp, latest)
+
+
+def save_best(state: dict, ckpt_dir: Path) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state, ckpt_dir / BEST)
+
+
+def _try_load(path: Path) -> dict | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "unusable"
+        log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(exc).__name__, exc)
+        return None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        log.warning("checkpoint %s lacks %s; trying the previous one", path, missing)
+        return None
+    return state
+
+
+def load_latest(ckpt_dir: Path) -> dict | None:
+    """The newest readable 'latest' state (latest, else previous), or None if there is none."""
+    for name in (LATEST, PREVIOUS):
+        path = ckpt_dir / name
+        if path.exists():
+            state = _try_load(path)
+            if state is not None:
+                if name != LATEST:
+                    log.warning("resuming from %s (step %d)", path, state["step"])
+                return state
+    return None
+
+
+def load_best(ckpt_dir: Path) -> dict | None:
+    path = ckpt_dir / BEST
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("best checkpoint %s is unreadable (%s)", path, exc)
+        return None

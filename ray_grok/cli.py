@@ -1,0 +1,77 @@
+"""The `ray-grok` command: a thin shell over the library. Each command parses, calls one function,
+and turns domain errors into click errors at the edge."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, describe_keys, load_config
+
+
+def _domain_errors():
+    """Exceptions that are the user's to fix: shown as one clear line, not a traceback."""
+    from .data import TaskDrawError
+    from .trial import TrialError
+
+    return (ConfigError, TaskDrawError, TrialError)
+
+
+@click.group()
+@click.version_option(package_name="ray-grok")
+def main() -> None:
+    """ray-grok: run He et al. 2024's modular-arithmetic phase diagrams as sweeps.
+
+    Example: ray-grok train --out runs/one --set model.depth=2 --set task.n_id=256
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="trial directory (created; an unfinished trial there is resumed)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML file of config keys (see `ray-grok config`)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override one config key, e.g. --set task.alpha=0.7 (repeatable)")
+@click.option("--no-tensorboard", is_flag=True, help="do not write TensorBoard event files")
+def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_tensorboard: bool) -> None:
+    """Train one trial into OUT, printing progress; run it again to resume.
+
+    Without --config/--set on an existing OUT, the stored config is used.
+
+    Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
+    """
+    from .trial import run_trial, stored_config
+
+    try:
+        cfg = stored_config(out) if (config_file is None and not overrides) else None
+        if cfg is None:
+            cfg = load_config(config_file, overrides)
+        run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
+    except _domain_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("config")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="show this file's resolved config instead of the defaults")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override one key (repeatable)")
+def config_cmd(config_file: Path | None, overrides: tuple[str, ...]) -> None:
+    """List every config key with its value (default: the paper's) and meaning.
+
+    Example: ray-grok config --set model.depth=2
+    """
+    try:
+        cfg = load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    flat = cfg.flat()
+    width = max(len(k) for k, _, _ in describe_keys())
+    for key, _, help_text in describe_keys():
+        click.echo(f"{key:<{width}}  {flat[key]!s:<18}  {help_text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""What a trial writes besides checkpoints: metrics.parquet, status.json, TensorBoard events.
+
+Every file is rewritten atomically (temp file + rename), so a crash never leaves it unreadable.
+A NullBoard stands in for TensorBoard where none is wanted, so the trainer has no `if`s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import BY_SHOT_COLUMNS, METRICS_COLUMNS, SCALAR_EVAL_COLUMNS
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+METRICS_SCHEMA = pa.schema(
+    [("step", pa.int64())]
+    + [(c, pa.float64()) for c in SCALAR_EVAL_COLUMNS]
+    + [(c, pa.list_(pa.float64())) for c in BY_SHOT_COLUMNS]
+    + [("lr", pa.float64()), ("tokens_seen", pa.int64()), ("wall_time", pa.float64())]
+)
+assert tuple(METRICS_SCHEMA.names) == METRICS_COLUMNS  # one list of names for the file and the tables
+
+
+class MetricsLog:
+    """The rows of metrics.parquet (one per evaluation); the whole file is rewritten on each append."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+        if path.exists():
+            self.rows = pq.read_table(path).to_pylist()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop evaluations after `step` (a resume from a checkpoint at `step` redoes them)."""
+        self.rows = [r for r in self.rows if r["step"] <= step]
+        self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        table = pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.path)
+
+
+class TensorBoard:
+    """Scalars grouped by set (id_train/acc, ...), train/*, best/*, and the trial's hparams."""
+
+    def __init__(self, logdir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """The hparams plugin's experiment/session summaries, in this run (not a sub-run)."""
+        from torch.utils.tensorboard.summary import hparams as hp_summary
+
+        clean = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+        exp, ssi, sei = hp_summary(clean, {tag: float("nan") for tag in metric_tags})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class NullBoard:
+    """TensorBoard's interface, doing nothing."""
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None: ...
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def status_record(state: str, step: int, steps: int, **extra: Any) -> dict:
+    return {"state": state, "step": step, "steps": steps, "updated": time.time(), **extra}

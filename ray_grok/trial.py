@@ -1,0 +1,364 @@
+"""One trial of the paper's experiment: build, train, evaluate, checkpoint, resume.
+
+`run_trial(cfg, out_dir)` is the whole public surface; the sweep layer calls it inside a Ray Tune
+trainable with a `reporter`. Running it again on the same directory resumes from the last good
+checkpoint and ends bit-identical (on CPU) to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .config import SETS, ConfigError, TrialConfig, config_from_dict
+from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
+from .evaluate import evaluate
+from .model import Transformer, z_positions
+from .optim import build_optimizer, lr_multiplier, set_lr
+from .outputs import MetricsLog, NullBoard, TensorBoard, read_json, status_record, write_json
+from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, STATUS_FILE, TASKS_FILE
+
+
+class TrialError(RuntimeError):
+    """A trial cannot start or cannot go on; the message says why and what was kept."""
+
+
+class NonFiniteLossError(TrialError):
+    pass
+
+
+class Reporter(Protocol):
+    """Told about every evaluation (the sweep layer forwards it to Ray Tune)."""
+
+    def __call__(self, row: dict, *, checkpointed: bool, step: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    state: str  # DONE
+    step: int
+    best_step: int
+    best_value: float
+    early_stopped: bool
+    already_done: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the parts (shared with benchmarks/)
+# ---------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"runtime.device is {name!r} but no CUDA device is available; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"runtime.device is {name!r} but only {torch.cuda.device_count()} CUDA devices exist")
+    return dev
+
+
+@dataclass
+class TrialParts:
+    cfg: TrialConfig
+    device: torch.device
+    sets: TaskSets
+    model: Transformer  # the module whose state is saved
+    forward: Callable  # the model or its torch.compile'd wrapper
+    optimizer: torch.optim.AdamW
+    sampler: BatchSampler
+    eval_sets: list[EvalSet]
+    positions: torch.Tensor
+    autocast: Callable[[], contextlib.AbstractContextManager]
+
+
+def build_parts(cfg: TrialConfig) -> TrialParts:
+    device = resolve_device(cfg.runtime.device)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    sets = make_task_sets(cfg.task, cfg.seed)
+    torch.manual_seed(cfg.seed)  # model init
+    model = Transformer(cfg.model, vocab=cfg.task.p, max_len=cfg.seq_len).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    compile_on = cfg.runtime.compile == "on" or (cfg.runtime.compile == "auto" and cuda)
+    forward = torch.compile(model) if compile_on else model
+    optimizer = build_optimizer(model, cfg.train, fused=cuda)
+    # separate streams for batches and evaluation rows, both derived from the trial seed
+    sampler = BatchSampler(sets, cfg.rows_per_task, cfg.task.n_examples, device, seed=cfg.seed * 1_000_003 + 1)
+    eval_rows = cfg.eval.batches * cfg.train.batch_size
+    eval_sets = make_eval_sets(sets, eval_rows, cfg.task.n_examples, device, seed=cfg.seed * 1_000_003 + 2)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        # bf16 on CUDA as the authors did; fp32 on CPU (bf16 matmuls are slow there)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    return TrialParts(cfg, device, sets, model, forward, optimizer, sampler, eval_sets,
+                      z_positions(cfg.task.n_examples, device), autocast)
+
+
+def train_step(parts: TrialParts, step: int, batch: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer update with 0-based index `step`; returns the (detached) loss on the device."""
+    cfg = parts.cfg
+    set_lr(parts.optimizer, cfg.train.lr * lr_multiplier(step, cfg.train))
+    if batch is None:
+        batch = parts.sampler.next()
+    with parts.autocast():
+        logits = parts.forward(batch[:, :-1], parts.positions)  # (B, n, V): z positions only
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:][:, parts.positions].flatten())
+    loss.backward()
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def evaluate_all(parts: TrialParts) -> dict:
+    """The metrics of the four sets, flat: {id_train_loss, id_train_acc, ..., ood_test_acc_by_shot}."""
+    row: dict = {}
+    for es in parts.eval_sets:
+        m = evaluate(parts.forward, es, parts.positions, parts.cfg.train.batch_size, parts.autocast)
+        row.update({f"{es.name}_{k}": v for k, v in m.items()})
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# State for exact resume
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """What the loop carries between steps besides the model: saved in every 'latest' checkpoint."""
+
+    step: int = 0
+    best_value: float = float("nan")
+    best_step: int = -1
+    evals_since_best: int = 0
+    early_stopped: bool = False
+    elapsed: float = 0.0  # training wall time before this process
+
+
+def capture_rng() -> dict:
+    # the loop draws only from torch: the sampler's own generator (saved with the sampler) and the
+    # global generators saved here; numpy/python random are used only before training (task draw)
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_state(parts: TrialParts, progress: Progress) -> dict:
+    return {
+        "step": progress.step,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "sampler": parts.sampler.state_dict(),
+        "rng": capture_rng(),
+        "progress": dataclasses.asdict(progress),
+        "config": parts.cfg.to_dict(),
+    }
+
+
+def restore(parts: TrialParts, state: dict) -> Progress:
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.sampler.load_state_dict(state["sampler"])
+    restore_rng(state["rng"])
+    return Progress(**state["progress"])
+
+
+def is_better(value: float, best: float, monitor: str) -> bool:
+    if math.isnan(best):
+        return not math.isnan(value)
+    return value < best if monitor.endswith("_loss") else value > best
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial directory
+# ---------------------------------------------------------------------------------------------
+
+def prepare_dir(cfg: TrialConfig, out: Path) -> None:
+    """Create DIR with config.json, or check that an existing DIR holds this same experiment."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / CONFIG_FILE
+    if cfg_path.exists():
+        stored = config_from_dict(read_json(cfg_path))
+        if stored.config_hash() != cfg.config_hash():
+            diff = [f"{k}: {v!r} -> {cfg.flat()[k]!r}" for k, v in stored.flat().items()
+                    if not k.startswith("runtime.") and cfg.flat()[k] != v]
+            raise TrialError(f"{out} holds a trial with a different config ({'; '.join(diff)}); "
+                             "use another --out or the stored config")
+    write_json(cfg_path, cfg.to_dict())
+
+
+def read_status(out: Path) -> dict | None:
+    path = out / STATUS_FILE
+    return read_json(path) if path.exists() else None
+
+
+def stored_config(out: Path) -> TrialConfig | None:
+    path = out / CONFIG_FILE
+    return config_from_dict(read_json(path)) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_trial(
+    cfg: TrialConfig,
+    out: Path | str,
+    reporter: Reporter | None = None,
+    echo: Callable[[str], None] = print,
+    tensorboard: bool = True,
+) -> TrialResult:
+    """Train one trial into `out`, resuming from its last checkpoint if it has one."""
+    out = Path(out)
+    status = read_status(out)
+    if status and status["state"] == DONE and (out / CONFIG_FILE).exists():
+        prepare_dir(cfg, out)  # still refuse a different config
+        echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
+        return TrialResult(DONE, status["step"], status.get("best_step", -1),
+                           status.get("best_value", float("nan")), status.get("early_stopped", False), True)
+    prepare_dir(cfg, out)
+    parts = build_parts(cfg)
+    write_json(out / TASKS_FILE, parts.sets.to_json())
+    ckpt_dir = out / CHECKPOINT_DIR
+    metrics = MetricsLog(out / METRICS_FILE)
+
+    progress = Progress()
+    state = ckpt.load_latest(ckpt_dir)
+    if state is not None:
+        progress = restore(parts, state)
+        echo(f"resuming {out} from step {progress.step}")
+    metrics.truncate_after(progress.step)
+    board = TensorBoard(out, purge_step=progress.step + 1 if progress.step else None) if tensorboard else NullBoard()
+    if progress.step == 0:
+        board.hparams(cfg.flat(), [f"best/{cfg.checkpoint.monitor}", "best/step"]
+                      + [f"{s}/acc_last" for s in SETS])
+    write_json(out / STATUS_FILE, status_record(RUNNING, progress.step, cfg.train.steps))
+
+    try:
+        _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo)
+    except NonFiniteLossError as exc:
+        write_json(out / STATUS_FILE, status_record(FAILED, progress.step, cfg.train.steps, error=str(exc)))
+        raise
+    finally:
+        board.close()
+    result = TrialResult(DONE, progress.step, progress.best_step, progress.best_value, progress.early_stopped)
+    write_json(out / STATUS_FILE, status_record(
+        DONE, progress.step, cfg.train.steps, best_step=progress.best_step, best_value=progress.best_value,
+        early_stopped=progress.early_stopped, wall_time=progress.elapsed))
+    echo(f"done: step {progress.step}, best {cfg.checkpoint.monitor} {progress.best_value:.4f} "
+         f"at step {progress.best_step}" + (" (early stop)" if progress.early_stopped else ""))
+    return result
+
+
+def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path, out: Path,
+          reporter: Reporter | None, echo: Callable[[str], None]) -> None:
+    cfg = parts.cfg
+    steps, tokens_per_step = cfg.train.steps, cfg.train.batch_size * cfg.seq_len
+    t_start = time.perf_counter() - progress.elapsed
+    window_t, window_step = time.perf_counter(), progress.step
+    last_checked = progress.step
+    loss_sum = torch.zeros((), device=parts.device)
+    bad = torch.zeros((), dtype=torch.bool, device=parts.device)
+    last_eval: dict = metrics.rows[-1] if metrics.rows else {}
+    parts.model.train()
+
+    def check_finite(done: int) -> None:
+        # one device sync per check, not per step: on CUDA a per-step .item() stalls the pipeline
+        nonlocal last_checked
+        if bad.item():
+            good = ckpt.load_latest(ckpt_dir)
+            kept = f"the last good checkpoint (step {good['step']}) is kept" if good else "no checkpoint was saved yet"
+            raise NonFiniteLossError(
+                f"training loss became non-finite between step {last_checked} and step {done}; {kept} in "
+                f"{ckpt_dir}. Lower train.lr or check the config.")
+        last_checked = done
+
+    while progress.step < steps and not progress.early_stopped:
+        loss = train_step(parts, progress.step)
+        progress.step += 1
+        done = progress.step
+        loss_sum += loss
+        bad |= ~torch.isfinite(loss)
+
+        is_eval = done == 1 or done % cfg.eval.every == 0 or done == steps
+        is_ckpt = done % cfg.checkpoint.every == 0 or done == steps
+        is_log = done % cfg.runtime.log_every == 0 or done == steps
+        if is_eval or is_ckpt or is_log:
+            check_finite(done)
+        progress.elapsed = time.perf_counter() - t_start
+
+        if is_eval:
+            last_eval = _evaluate_and_record(parts, progress, metrics, board, ckpt_dir, done, tokens_per_step)
+            if cfg.checkpoint.patience and progress.evals_since_best >= cfg.checkpoint.patience:
+                progress.early_stopped = True
+                is_ckpt = True
+            write_json(out / STATUS_FILE, status_record(RUNNING, done, steps, best_step=progress.best_step,
+                                                        best_value=progress.best_value))
+        if is_ckpt:
+            progress.elapsed = time.perf_counter() - t_start
+            ckpt.save_latest(latest_state(parts, progress), ckpt_dir)
+        if is_eval and reporter is not None:
+            reporter(last_eval, checkpointed=is_ckpt, step=done)
+        if is_log:
+            now = time.perf_counter()
+            rate = (done - window_step) / max(now - window_t, 1e-9)
+            mean_loss = loss_sum.item() / max(done - window_step, 1)
+            board.scalars({"train/loss": mean_loss, "train/lr": parts.optimizer.param_groups[0]["lr"],
+                           "train/tokens_per_s": rate * tokens_per_step}, done)
+            accs = " ".join(f"{s} {last_eval.get(f'{s}_acc', float('nan')):.3f}" for s in SETS)
+            echo(f"step {done}/{steps} loss {mean_loss:.4f} | acc {accs} | "
+                 f"{rate * tokens_per_step:,.0f} tok/s | ETA {_fmt_duration((steps - done) / max(rate, 1e-9))}")
+            window_t, window_step = now, done
+            loss_sum.zero_()
+    if progress.early_stopped:
+        echo(f"early stop at step {progress.step}: no better {cfg.checkpoint.monitor} "
+             f"in {cfg.checkpoint.patience} evaluations")
+
+
+def _evaluate_and_record(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path,
+                         done: int, tokens_per_step: int) -> dict:
+    cfg = parts.cfg
+    row = {"step": done, **evaluate_all(parts),
+           "lr": parts.optimizer.param_groups[0]["lr"], "tokens_seen": done * tokens_per_step,
+           "wall_time": progress.elapsed}
+    metrics.append(row)
+    value = row[cfg.checkpoint.monitor]
+    if is_better(value, progress.best_value, cfg.checkpoint.monitor):
+        progress.best_value, progress.best_step, progress.evals_since_best = value, done, 0
+        ckpt.save_best({"step": done, "model": parts.model.state_dict(), "metrics": row,
+                        "monitor": cfg.checkpoint.monitor, "config": cfg.to_dict()}, ckpt_dir)
+    else:
+        progress.evals_since_best += 1
+    scalars = {f"{s}/{m}": row[f"{s}_{m}"] for s in SETS for m in ("loss", "acc", "acc_last")}
+    scalars[f"best/{cfg.checkpoint.monitor}"] = progress.best_value
+    scalars["best/step"] = progress.best_step
+    board.scalars(scalars, done)
+    board.flush()
+    return row
