@@ -1,0 +1,188 @@
+"""End-to-end trials on the CPU: learning, exact resume after SIGKILL, corrupt checkpoints, outputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_overrides
+from ray_grok.checkpoint import LATEST, PREVIOUS
+from ray_grok.schema import METRICS_COLUMNS
+from ray_grok.trial import NonFiniteLossError, TrialError, run_trial
+
+pytestmark = pytest.mark.slow
+
+# long enough to be killed in the middle, checkpointing often so there is something to resume
+RESUME = ("train.steps=400", "eval.every=40", "checkpoint.every=40")
+
+
+def train_cmd(out: Path, *overrides: str) -> list[str]:
+    args = [sys.executable, "-m", "ray_grok.cli", "train", "--out", str(out)]
+    for o in tiny_overrides(*overrides):
+        args += ["--set", o]
+    return args
+
+
+def metric_rows(out: Path) -> list[dict]:
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    for r in rows:
+        r.pop("wall_time")  # the only column that may differ between runs
+    return rows
+
+
+def weights(out: Path, name: str = LATEST) -> dict:
+    return torch.load(out / "checkpoints" / name, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run, in a subprocess like the interrupted ones."""
+    out = tmp_path_factory.mktemp("reference")
+    subprocess.run(train_cmd(out, *RESUME), check=True, capture_output=True)
+    return out
+
+
+def kill_midway(out: Path, at_step: int) -> None:
+    """Start a trial, SIGKILL it once a checkpoint after `at_step` exists."""
+    proc = subprocess.Popen(train_cmd(out, *RESUME), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = out / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if status.exists() and (out / "checkpoints" / PREVIOUS).exists():
+            try:
+                if json.loads(status.read_text())["step"] >= at_step:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass  # caught mid-rename: read again
+        time.sleep(0.05)
+    assert proc.poll() is None, "the trial finished before it could be killed; make RESUME longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(status.read_text())["state"] == "running"
+
+
+def assert_same_as(out: Path, reference: Path) -> None:
+    assert metric_rows(out) == metric_rows(reference)
+    a, b = weights(out), weights(reference)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+
+
+def test_tiny_config_learns(tmp_path):
+    result = run_trial(tiny_config("train.steps=300", "eval.every=100"), tmp_path, echo=lambda s: None)
+    rows = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
+    assert [r["step"] for r in rows] == [1, 100, 200, 300]
+    chance = 1 / 7
+    assert rows[0]["id_train_acc"] < 0.35
+    assert rows[-1]["id_train_acc"] > 0.5 > 3 * chance
+    assert result.state == "done" and result.step == 300
+
+
+def test_killed_trial_resumes_bit_identical(tmp_path, reference):
+    out = tmp_path / "trial"
+    kill_midway(out, at_step=120)
+    done = subprocess.run(train_cmd(out, *RESUME), check=True, capture_output=True, text=True)
+    assert "resuming" in done.stdout
+    assert_same_as(out, reference)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
+    out = tmp_path / "trial"
+    kill_midway(out, at_step=120)
+    latest = out / "checkpoints" / LATEST
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    prev_step = torch.load(out / "checkpoints" / PREVIOUS, weights_only=True)["step"]
+    done = subprocess.run(train_cmd(out, *RESUME), check=True, capture_output=True, text=True)
+    assert "unreadable" in done.stderr
+    assert f"resuming {out} from step {prev_step}" in done.stdout
+    assert_same_as(out, reference)
+
+
+def test_trial_directory_layout(reference):
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["task"]["p"] == 7 and cfg["train"]["steps"] == 400
+    tasks = json.loads((reference / "tasks.json").read_text())
+    assert len(tasks["id_tasks"]) == 2 and len(tasks["ood_tasks"]) == 8
+    assert len(tasks["train_inputs"]) + len(tasks["test_inputs"]) == 49
+    table = pq.read_table(reference / "metrics.parquet")
+    assert tuple(table.column_names) == METRICS_COLUMNS
+    rows = table.to_pylist()
+    assert [r["step"] for r in rows] == [1] + list(range(40, 401, 40))
+    assert all(len(r["ood_test_acc_by_shot"]) == 8 for r in rows)
+    assert all(r["ood_test_acc_last"] == r["ood_test_acc_by_shot"][-1] for r in rows)
+    assert rows[-1]["tokens_seen"] == 400 * 64 * 23
+    best = torch.load(reference / "checkpoints" / "best.pt", weights_only=True)
+    status = json.loads((reference / "status.json").read_text())
+    assert best["step"] == status["best_step"]
+    assert best["metrics"]["ood_test_acc_last"] == max(r["ood_test_acc_last"] for r in rows)
+
+
+def test_tensorboard_scalars_read_back(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(reference))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for s in ("id_train", "id_test", "ood_train", "ood_test"):
+        for m in ("loss", "acc", "acc_last"):
+            assert f"{s}/{m}" in tags
+    steps = [e.step for e in acc.Scalars("ood_test/acc_last")]
+    assert steps == [1] + list(range(40, 401, 40))
+    values = [e.value for e in acc.Scalars("id_train/acc")]
+    expected = [r["id_train_acc"] for r in pq.read_table(reference / "metrics.parquet").to_pylist()]
+    assert values == pytest.approx(expected, rel=1e-6)
+    assert "train/loss" in tags and "train/lr" in tags
+    assert "_hparams_/experiment" in acc.Tags()["tensors"] or acc.summary_metadata  # hparams plugin data
+
+
+def test_finished_trial_says_so(reference):
+    again = subprocess.run(train_cmd(reference, *RESUME), check=True, capture_output=True, text=True)
+    assert "already finished" in again.stdout
+
+
+def test_existing_dir_with_another_config_is_refused(reference):
+    with pytest.raises(TrialError, match=r"different config.*train.steps: 400 -> 500"):
+        run_trial(tiny_config("train.steps=500", "eval.every=40", "checkpoint.every=40"), reference)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import ray_grok.trial as trial
+
+    real_step = trial.train_step
+
+    def diverging_step(parts, step):
+        loss = real_step(parts, step)
+        if step >= 25:  # weights go bad after the checkpoint at step 20
+            with torch.no_grad():
+                parts.model.embed.weight.fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(trial, "train_step", diverging_step)
+    out = tmp_path / "trial"
+    cfg = tiny_config("train.steps=300", "checkpoint.every=20", "runtime.log_every=10", "eval.every=20")
+    with pytest.raises(NonFiniteLossError, match=r"between step 20 and step 30.*last good checkpoint \(step 20\)"):
+        run_trial(cfg, out, echo=lambda s: None)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite" in status["error"]
+    kept = torch.load(out / "checkpoints" / LATEST, weights_only=True)
+    assert kept["step"] == 20 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    # resuming starts again from that checkpoint, not from the poisoned weights
+    monkeypatch.setattr(trial, "train_step", real_step)
+    messages = []
+    run_trial(cfg, out, echo=messages.append)
+    assert messages[0] == f"resuming {out} from step 20"
+
+
+def test_a_real_divergence_is_caught(tmp_path):
+    bad = tiny_config("train.steps=100", "train.lr=1e12", "train.warmup_steps=0", "runtime.log_every=10")
+    with pytest.raises(NonFiniteLossError, match="between step 1 and step 10; no checkpoint was saved yet"):
+        run_trial(bad, tmp_path, echo=lambda s: None)
