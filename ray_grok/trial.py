@@ -108,19 +108,27 @@ def build_parts(cfg: TrialConfig) -> TrialParts:
                       z_positions(cfg.task.n_examples, device), autocast)
 
 
-def train_step(parts: TrialParts, step: int, batch: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimizer update with 0-based index `step`; returns the (detached) loss on the device."""
-    cfg = parts.cfg
-    set_lr(parts.optimizer, cfg.train.lr * lr_multiplier(step, cfg.train))
-    if batch is None:
-        batch = parts.sampler.next()
+def forward_backward(parts: TrialParts, batch: torch.Tensor) -> torch.Tensor:
+    """Loss on the z positions of `batch` and its gradients; returns the detached loss."""
     with parts.autocast():
         logits = parts.forward(batch[:, :-1], parts.positions)  # (B, n, V): z positions only
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:][:, parts.positions].flatten())
     loss.backward()
+    return loss.detach()
+
+
+def optimizer_step(parts: TrialParts, step: int) -> None:
+    """Apply the update with 0-based index `step` at its scheduled learning rate."""
+    set_lr(parts.optimizer, parts.cfg.train.lr * lr_multiplier(step, parts.cfg.train))
     parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+
+
+def train_step(parts: TrialParts, step: int) -> torch.Tensor:
+    """One optimizer update with 0-based index `step`; returns the (detached) loss on the device."""
+    loss = forward_backward(parts, parts.sampler.next())
+    optimizer_step(parts, step)
+    return loss
 
 
 def evaluate_all(parts: TrialParts) -> dict:
