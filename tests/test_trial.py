@@ -140,7 +140,15 @@ def test_tensorboard_scalars_read_back(reference):
     expected = [r["id_train_acc"] for r in pq.read_table(reference / "metrics.parquet").to_pylist()]
     assert values == pytest.approx(expected, rel=1e-6)
     assert "train/loss" in tags and "train/lr" in tags
-    assert "_hparams_/experiment" in acc.Tags()["tensors"] or acc.summary_metadata  # hparams plugin data
+    # the hparams plugin's data: the trial's config keys and the metrics shown across trials
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["model.depth"].number_value == 2
+    assert start.session_start_info.hparams["task.rule"].string_value == "random"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert "best/ood_test_acc_last" in [m.name.tag for m in experiment.experiment.metric_infos]
 
 
 def test_finished_trial_says_so(reference):
