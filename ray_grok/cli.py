@@ -73,5 +73,14 @@ def config_cmd(config_file: Path | None, overrides: tuple[str, ...]) -> None:
         click.echo(f"{key:<{width}}  {flat[key]!s:<18}  {help_text}")
 
 
+def _register() -> None:
+    from .cli_phases import phases_cmd, plot_cmd
+
+    main.add_command(phases_cmd)
+    main.add_command(plot_cmd)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

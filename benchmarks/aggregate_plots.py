@@ -1,0 +1,60 @@
+"""Benchmark: phase classification, phase table and every figure for a large synthetic sweep.
+
+10,000 trials x 200 evaluations (2M curves rows, by-shot lists included) in memory; times
+classify_trials, phase_table and plot_all (3 phase diagrams, accuracy heat maps, k-shot and
+training curves of the default cells) and prints seconds per part. Goal: under 10 s in total on
+a 2-core CPU machine. Building the tables is not timed (it stands in for reading Parquet).
+
+Run from the repository root: python -m benchmarks.aggregate_plots [--trials N] [--evals M]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from ray_grok.phases import PhaseRule, classify_trials, phase_table
+from ray_grok.plots import plot_all
+from tests.synthetic import sweep
+
+GOAL_S = 10.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--evals", type=int, default=200)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    trials, curves = sweep(args.trials, args.evals)
+    print(f"built {len(trials):,} trials and {len(curves):,} curves rows "
+          f"in {time.perf_counter() - start:.1f} s (not timed)")
+
+    rule = PhaseRule()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    classified = classify_trials(trials, rule)
+    timings["classify_trials"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    table = phase_table(trials, rule)
+    timings["phase_table"] = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        paths = plot_all(trials, curves, Path(out), rule)
+        timings["plot_all"] = time.perf_counter() - start
+        names = ", ".join(p.name for p in paths)
+
+    total = sum(timings.values())
+    print(f"{classified['phase'].notna().sum():,} trials classified into {len(table)} cells; "
+          f"figures: {names}")
+    for part, seconds in timings.items():
+        print(f"  {part:<16} {seconds:7.3f} s")
+    print(f"  {'total':<16} {total:7.3f} s  (goal < {GOAL_S:g} s: {'met' if total < GOAL_S else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`ray-grok phases` and `ray-grok plot`: thin commands over ray_grok.phases and ray_grok.plots.
+
+Registered on the main group by ray_grok.cli (main.add_command). Each parses its options, calls
+the library, and turns domain errors (bad rule, missing results, unknown cell) into one clear line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .phases import Cell, PhaseError, PhaseRule, format_phase_table, phase_table, read_results
+
+DEFAULT_RULE = PhaseRule()
+
+
+def rule_options(command: Callable) -> Callable:
+    """--metric, --threshold, --time: the three PhaseRule fields, defaults from PhaseRule."""
+    options = [
+        click.option("--metric", type=click.Choice(["acc_last", "acc"]), default=DEFAULT_RULE.metric,
+                     show_default=True,
+                     help="accuracy that decides 'fits': last position (n-1 shots) or mean over positions"),
+        click.option("--threshold", type=float, default=DEFAULT_RULE.threshold, show_default=True,
+                     help="a set fits when its accuracy >= this (chance is 1/p, about 0.034)"),
+        click.option("--time", type=click.Choice(["best", "final"]), default=DEFAULT_RULE.time,
+                     show_default=True,
+                     help="read accuracies at the early-stopping step (best) or at the end (final)"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _rule(metric: str, threshold: float, time: str) -> PhaseRule:
+    try:
+        return PhaseRule(metric=metric, threshold=threshold, time=time)  # type: ignore[arg-type]
+    except PhaseError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+class CellType(click.ParamType):
+    """DEPTH,N_ID,ALPHA, e.g. 6,256,0.6."""
+
+    name = "depth,n_id,alpha"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Cell:
+        if isinstance(value, Cell):
+            return value
+        parts = str(value).split(",")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            return Cell(int(parts[0]), int(parts[1]), float(parts[2]))
+        except ValueError:
+            self.fail(f"{value!r} is not DEPTH,N_ID,ALPHA (e.g. 6,256,0.6)", param, ctx)
+
+
+@click.command("phases")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@rule_options
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the phase table (one row per cell, with counts and the rule) as CSV")
+@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the phase table as Parquet")
+def phases_cmd(run_dir: Path, metric: str, threshold: float, time: str,
+               csv_path: Path | None, parquet_path: Path | None) -> None:
+    """Print the phase table of RUN_DIR per depth: rows alpha, columns n_id, the majority phase of
+    each cell over its seeds ("OG 2/3" where 2 of 3 seeds agree), and the missing cells.
+
+    Reads RUN_DIR/results/trials (written by `ray-grok aggregate`).
+
+    \b
+    Example:
+      ray-grok phases runs/full --threshold 0.9 --time final --csv runs/full/phases.csv
+    """
+    rule = _rule(metric, threshold, time)
+    try:
+        table = phase_table(read_results(run_dir, "trials"), rule)
+    except PhaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_phase_table(table, rule))
+    if csv_path is not None:
+        table.to_csv(csv_path, index=False)
+        click.echo(f"wrote {csv_path}")
+    if parquet_path is not None:
+        table.to_parquet(parquet_path, index=False)
+        click.echo(f"wrote {parquet_path}")
+
+
+@click.command("plot")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="directory for the figures  [default: RUN_DIR/plots]")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+              help="figure file format (SVG and PDF keep text editable)")
+@rule_options
+@click.option("--cell", "cells", type=CellType(), multiple=True,
+              help="cell for the k-shot and training-curve figures, DEPTH,N_ID,ALPHA (repeatable); "
+                   "default: per depth the cell with the highest ood_test accuracy")
+def plot_cmd(run_dir: Path, out_dir: Path | None, fmt: str, metric: str, threshold: float, time: str,
+             cells: tuple[Cell, ...]) -> None:
+    """Write the figures of RUN_DIR: a phase diagram per depth, accuracy heat maps of the four
+    sets, k-shot curves and training curves of chosen cells; print their paths.
+
+    Reads RUN_DIR/results/trials and RUN_DIR/results/curves (written by `ray-grok aggregate`).
+
+    \b
+    Example:
+      ray-grok plot runs/full --format pdf --cell 6,256,0.6 --cell 2,512,0.4
+    """
+    from .plots import plot_run  # matplotlib: only for this command
+
+    rule = _rule(metric, threshold, time)
+    try:
+        paths = plot_run(run_dir, out_dir, rule, fmt, list(cells) or None)  # type: ignore[arg-type]
+    except PhaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in paths:
+        click.echo(str(path))

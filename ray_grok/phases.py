@@ -1,0 +1,320 @@
+"""Phase classification of trials (paper Fig. 1b) and the per-cell phase table of a sweep.
+
+A trial is classified from four accuracies (id_train, id_test, ood_train, ood_test) read with one
+metric, at one time point, against one threshold: a `PhaseRule`. The paper states none of the three
+(SPEC.md section 7), so all three are configurable and every table and figure records the rule.
+
+A cell of the phase diagram is one (model.depth, task.n_id, task.alpha); its seeds vote and the
+table keeps the agreement, so a contested cell is visible instead of silently rounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .config import SETS
+from .schema import DONE
+
+# Ordered from "learned least" to "learned most": majority-vote ties and the legend follow it.
+PHASES = ("not fitted", "id memorization", "id generalization", "ood memorization", "ood generalization")
+MISSING = "missing"
+ABBREVIATIONS = {
+    "not fitted": "NF",
+    "id memorization": "IM",
+    "id generalization": "IG",
+    "ood memorization": "OM",
+    "ood generalization": "OG",
+    MISSING: "--",
+}
+CELL_KEYS = ("model.depth", "task.n_id", "task.alpha")
+# Grid alphas come from float arithmetic (0.1 * 3 = 0.30000000000000004); rounding merges them.
+ALPHA_DECIMALS = 6
+RESULTS_DIR = "results"
+
+METRIC_TEXT = {
+    "acc_last": "last-position accuracy",
+    "acc": "accuracy averaged over all positions",
+}
+TIME_TEXT = {
+    "best": "at the early-stopping step (best checkpoint)",
+    "final": "at the end of training",
+}
+
+
+class PhaseError(ValueError):
+    """A phase rule, a results table or a requested cell is not usable; the message says why."""
+
+
+class MissingResultsError(PhaseError):
+    """RUN_DIR has no aggregated results table to read."""
+
+
+class Cell(NamedTuple):
+    """One point of the phase diagram grid."""
+
+    depth: int
+    n_id: int
+    alpha: float
+
+    def label(self) -> str:
+        return f"depth {self.depth}, n_id {self.n_id}, alpha {self.alpha:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseRule:
+    """How a trial's four accuracies become a phase.
+
+    time="best" reads all four sets at the early-stopping step (the evaluation where the checkpoint
+    monitor, by default ood_test_acc_last, peaked), not only the o.o.d. sets: a phase then describes
+    one model that exists as a checkpoint, and transient o.o.d. generalization (depth 4 and 6 in the
+    paper) is caught at its peak instead of after it has decayed.
+    """
+
+    metric: Literal["acc_last", "acc"] = "acc_last"
+    """acc_last: accuracy at the last z position (n_examples - 1 shots); acc: mean over all positions."""
+    threshold: float = 0.5
+    """A set "fits" when its accuracy >= threshold; chance is 1/p (about 0.034 for p = 29)."""
+    time: Literal["best", "final"] = "best"
+    """best: columns best_* (early-stopping step); final: columns final_* (last evaluation)."""
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_TEXT:
+            raise PhaseError(f"PhaseRule.metric must be one of {list(METRIC_TEXT)}, got {self.metric!r}")
+        if self.time not in TIME_TEXT:
+            raise PhaseError(f"PhaseRule.time must be one of {list(TIME_TEXT)}, got {self.time!r}")
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
+            raise PhaseError(f"PhaseRule.threshold must be a number in (0, 1], got {t!r}")
+        object.__setattr__(self, "threshold", float(t))  # an int 1 from the CLI or YAML is fine
+
+    def column(self, set_name: str) -> str:
+        """Trials-table column this rule reads for one evaluation set, e.g. best_ood_test_acc_last."""
+        return f"{self.time}_{set_name}_{self.metric}"
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """{set: column} in SETS order."""
+        return {s: self.column(s) for s in SETS}
+
+    def describe(self) -> str:
+        """One line for figure subtitles and table headers."""
+        return (f"rule: a set fits if its {METRIC_TEXT[self.metric]} >= {self.threshold:g}, "
+                f"read {TIME_TEXT[self.time]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification
+# ---------------------------------------------------------------------------------------------
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise PhaseError(f"{what} lacks columns {absent}; is it a ray-grok results table?")
+
+
+def classify_trials(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.DataFrame:
+    """`trials` with a categorical `phase` column; NaN where the trial is not classified.
+
+    The phase names the hardest set the trial fits, in the order id_train < id_test < ood_train <
+    ood_test, once id_train fits (else "not fitted"). For the combinations SPEC.md names this is
+    exactly its definition (ood memorization = ood_train but not ood_test, whatever id_test does);
+    it also settles the inconsistent ones, where a harder set fits while an easier one does not
+    (ood_test without ood_train or id_test is "ood generalization"), by the strongest evidence,
+    so every trial gets one phase. A trial is not classified when its status is not "done" (failed
+    or still running: its numbers describe an unfinished run) or one of its four accuracies is NaN.
+    """
+    cols = list(rule.columns.values())
+    _require_columns(trials, ["status", *cols], "the trials table")
+    acc = trials[cols].to_numpy(dtype=float, na_value=np.nan)  # (N, 4) in SETS order
+    fits = acc >= rule.threshold  # >=: a run exactly at the threshold fits
+    id_train, id_test, ood_train, ood_test = fits.T
+    codes = np.select([~id_train, ood_test, ood_train, id_test], [0, 4, 3, 2], default=1)
+    usable = (trials["status"] == DONE).to_numpy() & ~np.isnan(acc).any(axis=1)
+    phase = pd.Categorical.from_codes(np.where(usable, codes, -1), categories=PHASES, ordered=True)
+    return trials.assign(phase=phase)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase table: one row per cell of the grid
+# ---------------------------------------------------------------------------------------------
+
+def phase_slug(phase: str) -> str:
+    """Column-friendly phase name: 'ood generalization' -> 'ood_generalization'."""
+    return phase.replace(" ", "_")
+
+
+def cell_keys(trials: pd.DataFrame) -> pd.DataFrame:
+    """The three cell columns with clean types (Parquet partitions may turn them into categories)."""
+    _require_columns(trials, CELL_KEYS, "the trials table")
+    return pd.DataFrame({
+        "model.depth": pd.to_numeric(trials["model.depth"]).astype(int),
+        "task.n_id": pd.to_numeric(trials["task.n_id"]).astype(int),
+        "task.alpha": pd.to_numeric(trials["task.alpha"]).astype(float).round(ALPHA_DECIMALS),
+    }, index=trials.index)
+
+
+def _grid_index(keys: pd.DataFrame, grid: Mapping[str, Sequence[float]] | None) -> pd.MultiIndex:
+    """Every cell of the diagram: the product of the values of each key, given or observed."""
+    grid = dict(grid or {})
+    unknown = [k for k in grid if k not in CELL_KEYS]
+    if unknown:
+        raise PhaseError(f"grid keys must be among {list(CELL_KEYS)}, got {unknown}")
+    levels = []
+    for key in CELL_KEYS:
+        values = pd.Series(grid[key]) if key in grid else keys[key]
+        if key == "task.alpha":
+            values = values.astype(float).round(ALPHA_DECIMALS)
+        levels.append(sorted(set(values.tolist())))
+    return pd.MultiIndex.from_product(levels, names=list(CELL_KEYS))
+
+
+def _majority(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(phase, agreement, n_seeds) per row of a (cells, phases) count matrix.
+
+    Ties go to the more-learned phase (later in PHASES): a diagram asks what a setting can reach,
+    and a seed that falls short is the likelier accident (an unlucky init or task draw). The
+    agreement column (here 0.5 or less) keeps such a cell visibly contested.
+    """
+    n_seeds = counts.sum(axis=1)
+    last_max = counts.shape[1] - 1 - np.argmax(counts[:, ::-1], axis=1)
+    phase = np.where(n_seeds > 0, np.asarray(PHASES, dtype=object)[last_max], MISSING)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = np.where(n_seeds > 0, counts.max(axis=1) / n_seeds, np.nan)
+    return phase, agreement, n_seeds
+
+
+def phase_table(
+    trials: pd.DataFrame,
+    rule: PhaseRule = PhaseRule(),
+    grid: Mapping[str, Sequence[float]] | None = None,
+) -> pd.DataFrame:
+    """One row per cell (model.depth, task.n_id, task.alpha) of the grid, sorted by the three keys.
+
+    Columns: the cell keys; `phase` (majority over the classified trials, or "missing" when the cell
+    has none); `agreement` (majority share, NaN if missing); `n_seeds` (classified trials, one per
+    seed in a normal sweep); `n_unclassified` (failed, unfinished or NaN trials); `n_{phase}` counts;
+    `acc_{set}` (mean over classified trials of the accuracy the rule reads); the rule itself
+    (`rule.metric`, `rule.threshold`, `rule.time`) so a saved table explains itself.
+
+    The grid is the product of the observed values of each key unless `grid` gives some of them
+    (e.g. the planned sweep), so cells without any trial are listed as missing, never dropped.
+    """
+    classified = classify_trials(trials, rule)
+    keys = cell_keys(classified)
+    by_cell = [keys[k] for k in CELL_KEYS]
+    index = _grid_index(keys, grid)
+
+    counts = pd.get_dummies(classified["phase"]).astype(int).groupby(by_cell).sum()
+    counts = counts.reindex(index=index, columns=list(PHASES), fill_value=0)
+    n_trials = classified.groupby(by_cell).size().reindex(index, fill_value=0)
+    done = classified["phase"].notna()
+    acc = (classified.loc[done, list(rule.columns.values())]
+           .set_axis([f"acc_{s}" for s in SETS], axis=1)
+           .groupby([k[done] for k in by_cell]).mean()
+           .reindex(index))
+
+    phase, agreement, n_seeds = _majority(counts.to_numpy())
+    table = pd.DataFrame({
+        "phase": phase,
+        "agreement": agreement,
+        "n_seeds": n_seeds,
+        "n_unclassified": n_trials.to_numpy() - n_seeds,
+    }, index=index)
+    table = table.join(counts.set_axis([f"n_{phase_slug(p)}" for p in PHASES], axis=1)).join(acc)
+    table = table.assign(**{"rule.metric": rule.metric, "rule.threshold": rule.threshold,
+                            "rule.time": rule.time})
+    return table.reset_index()
+
+
+def missing_cells(table: pd.DataFrame) -> int:
+    """Cells of a phase table with no classified trial."""
+    return int((table["phase"] == MISSING).sum())
+
+
+def in_cell(frame: pd.DataFrame, cell: Cell) -> pd.Series:
+    """Boolean mask of the rows of a trials or phase table that belong to `cell`."""
+    keys = cell_keys(frame)
+    return ((keys["model.depth"] == cell.depth) & (keys["task.n_id"] == cell.n_id)
+            & (keys["task.alpha"] == round(cell.alpha, ALPHA_DECIMALS)))
+
+
+def find_cell(table: pd.DataFrame, cell: Cell) -> pd.Series:
+    """The phase-table row of one cell; PhaseError naming the valid values if it is not in the grid."""
+    hit = in_cell(table, cell)
+    if not hit.any():
+        keys = cell_keys(table)
+        valid = "; ".join(f"{k} in {sorted(set(keys[k].tolist()))}" for k in CELL_KEYS)
+        raise PhaseError(f"cell ({cell.label()}) is not in the grid; valid: {valid}")
+    return table.loc[hit].iloc[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text output for the terminal
+# ---------------------------------------------------------------------------------------------
+
+def _cell_text(row: Mapping) -> str:
+    text = ABBREVIATIONS[row["phase"]]
+    if row["phase"] != MISSING and row["agreement"] < 1:
+        majority = int(round(row["agreement"] * row["n_seeds"]))
+        text += f" {majority}/{row['n_seeds']}"
+    return text
+
+
+def _text_grid(block: pd.DataFrame) -> list[str]:
+    """One depth's cells as aligned text: a header of n_id, one line per alpha from high to low."""
+    texts = {(r["task.alpha"], r["task.n_id"]): _cell_text(r) for r in block.to_dict("records")}
+    n_ids = sorted(set(block["task.n_id"]))
+    alphas = sorted(set(block["task.alpha"]), reverse=True)
+    width = max(len(str(n)) for n in n_ids)
+    width = max([width, *(len(t) for t in texts.values())]) + 2
+    lines = ["alpha \\ n_id".ljust(14) + "".join(str(n).rjust(width) for n in n_ids)]
+    for a in alphas:
+        lines.append(f"{a:g}".ljust(14) + "".join(texts[(a, n)].rjust(width) for n in n_ids))
+    return lines
+
+
+def format_phase_table(table: pd.DataFrame, rule: PhaseRule) -> str:
+    """Per depth: rows alpha (high to low, as in the figure), columns n_id, abbreviated phases.
+
+    A cell reads e.g. "OG" or, when seeds disagree, "OG 2/3" (seeds agreeing / classified seeds).
+    """
+    lines = [rule.describe(),
+             "phases: " + ", ".join(f"{ABBREVIATIONS[p]} = {p}" for p in (*PHASES, MISSING))]
+    for depth, block in table.groupby("model.depth", sort=True):
+        lines += ["", f"depth {depth}: {len(block)} cells, {missing_cells(block)} missing", *_text_grid(block)]
+    lines += ["", f"missing cells: {missing_cells(table)} of {len(table)}; "
+                  f"unclassified trials (failed, unfinished or NaN): {int(table['n_unclassified'].sum())}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading RUN_DIR/results
+# ---------------------------------------------------------------------------------------------
+
+def read_results(
+    run_dir: str | Path,
+    name: Literal["trials", "curves"],
+    columns: Sequence[str] | None = None,
+    trial_ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """RUN_DIR/results/{name}: a Parquet dataset directory or a single file.
+
+    `columns` and `trial_ids` are pushed down to the reader so a large curves table is never
+    loaded whole (its by-shot list columns dominate its size and no figure needs them).
+    """
+    path = Path(run_dir) / RESULTS_DIR / name
+    if not path.exists():
+        raise MissingResultsError(f"no results in {path}: run `ray-grok aggregate {run_dir}` first")
+    filters = None if trial_ids is None else [("trial_id", "in", list(trial_ids))]
+    table = pq.read_table(path, columns=None if columns is None else list(columns), filters=filters)
+    # The columns are Arrow-native; a writer's pandas metadata (e.g. Arrow-backed list dtypes,
+    # which pandas cannot read back) is not needed to rebuild them.
+    frame = table.to_pandas(ignore_metadata=True)
+    if name == "trials" and frame.empty:
+        raise MissingResultsError(f"{path} holds no trials: run `ray-grok aggregate {run_dir}` first")
+    return frame
