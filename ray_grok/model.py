@@ -25,9 +25,13 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, T, hd)
-        T = x.shape[-2]
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, T, hd) at positions 0..T-1, or at `positions` (length T) when given."""
+        if positions is None:
+            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -46,6 +50,18 @@ class Attention(nn.Module):
         q, k = self.rotary(q), self.rotary(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(hd) by default
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The output at `positions` only: queries there, keys and values everywhere (B, P, C)."""
+        B, T, C = x.shape
+        H, hd = self.heads, C // self.heads
+        w_q, w_kv = self.qkv.weight.split((C, 2 * C))
+        q = F.linear(x[:, positions], w_q).view(B, -1, H, hd).transpose(1, 2)  # (B, H, P, hd)
+        k, v = F.linear(x, w_kv).view(B, T, 2, H, hd).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, hd)
+        q, k = self.rotary(q, positions), self.rotary(k)
+        causal = positions[:, None] >= torch.arange(T, device=x.device)  # (P, T): query p sees keys <= p
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+        return self.proj(y.transpose(1, 2).reshape(B, -1, C))
 
 
 class MLP(nn.Module):
@@ -70,6 +86,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The block's output at `positions` only (B, P, C); the same numbers as forward(x)[:, positions]."""
+        x_out = x[:, positions] + self.attn.forward_at(self.ln1(x), positions)
+        return x_out + self.mlp(self.ln2(x_out))
+
 
 class Transformer(nn.Module):
     """Reads token rows[:, :-1]; predicts the next token. The head is tied to the embedding."""
@@ -93,14 +114,15 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab), or (B, len(positions), vocab) at those positions only.
 
-        Only the z positions carry loss, so training asks for them alone and skips the rest of
-        the head.
+        Only the z positions carry loss, so training asks for them alone. Then the last block
+        computes its queries, attention output and MLP at those positions only (earlier blocks
+        must run everywhere: later layers attend to every position). For depth 2 that removes
+        about a quarter of the FLOPs of a step, with the same logits.
         """
         x = self.embed(tokens)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
-        if positions is not None:
-            x = x[:, positions]
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block.forward_at(x, positions) if (i == last and positions is not None) else block(x)
         return F.linear(self.ln_f(x), self.embed.weight)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
