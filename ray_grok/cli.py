@@ -39,16 +39,16 @@ def main() -> None:
 def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_tensorboard: bool) -> None:
     """Train one trial into OUT, printing progress; run it again to resume.
 
-    Without --config/--set on an existing OUT, the stored config is used.
+    On an existing OUT, --config and --set apply on top of its stored config: runtime keys
+    (device, threads, ...) may change on resume, experiment keys may not.
 
     Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
     """
     from .trial import run_trial, stored_config
 
     try:
-        cfg = stored_config(out) if (config_file is None and not overrides) else None
-        if cfg is None:
-            cfg = load_config(config_file, overrides)
+        stored = stored_config(out)
+        cfg = load_config(config_file, overrides, base=stored.to_dict() if stored else None)
         run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
     except _domain_errors() as exc:
         raise click.ClickException(str(exc)) from exc

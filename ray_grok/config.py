@@ -266,9 +266,10 @@ def merge(base: Mapping[str, Any], flat_overrides: Mapping[str, Any]) -> dict[st
     return unflatten(merged)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrialConfig:
-    """YAML file (optional) + 'KEY=VALUE' overrides -> validated TrialConfig."""
-    data: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Mapping[str, Any] | None = None) -> TrialConfig:
+    """`base` (a nested mapping, e.g. a stored config) < YAML file < 'KEY=VALUE' overrides -> validated TrialConfig."""
+    data: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -276,10 +277,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = dict(loaded)
-        bad = [k for k in flatten(data) if k not in VALID_KEYS]
+        bad = [k for k in flatten(loaded) if k not in VALID_KEYS]
         if bad:
             raise ConfigError(f"{path}: unknown config key {bad[0]}; valid keys: {', '.join(VALID_KEYS)}")
+        data = merge(data, flatten(loaded))
     flat_over = dict(parse_override(o) for o in overrides)
     return config_from_dict(merge(data, flat_over))
 

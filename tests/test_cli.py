@@ -42,3 +42,21 @@ def test_readme_documents_every_config_key():
     readme = (ROOT / "README.md").read_text()
     missing = [k for k in VALID_KEYS if f"`{k}`" not in readme]
     assert not missing, f"README.md lacks config keys {missing}; regenerate its table from describe_keys()"
+
+
+def test_rerun_applies_overrides_on_the_stored_config(tmp_path):
+    from conftest import tiny_overrides
+
+    out = str(tmp_path / "trial")
+    args = ["train", "--out", out, "--no-tensorboard"]
+    for o in tiny_overrides("train.steps=20", "eval.every=10"):
+        args += ["--set", o]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "step 20/20" in first.output and "ETA" in first.output
+    # no overrides: the stored config; a runtime key may change; an experiment key may not
+    assert "already finished" in CliRunner().invoke(main, ["train", "--out", out]).output
+    again = CliRunner().invoke(main, ["train", "--out", out, "--set", "runtime.threads=2"])
+    assert again.exit_code == 0 and "already finished" in again.output
+    changed = CliRunner().invoke(main, ["train", "--out", out, "--set", "train.lr=0.5"])
+    assert changed.exit_code != 0 and "different config (train.lr: 0.01 -> 0.5)" in changed.output
