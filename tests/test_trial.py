@@ -194,3 +194,28 @@ def test_a_real_divergence_is_caught(tmp_path):
     bad = tiny_config("train.steps=100", "train.lr=1e12", "train.warmup_steps=0", "runtime.log_every=10")
     with pytest.raises(NonFiniteLossError, match="between step 1 and step 10; no checkpoint was saved yet"):
         run_trial(bad, tmp_path, echo=lambda s: None)
+
+
+def test_patience_stops_early_and_keeps_the_best(tmp_path, monkeypatch):
+    import ray_grok.trial as trial
+
+    real_eval = trial.evaluate_all
+    calls = []
+
+    def peaking_eval(parts):
+        # o.o.d. accuracy that peaks at the 3rd evaluation, then decays (a transient peak)
+        row = real_eval(parts)
+        calls.append(1)
+        row["ood_test_acc_last"] = [0.1, 0.3, 0.6, 0.5, 0.4, 0.3, 0.2][len(calls) - 1]
+        return row
+
+    monkeypatch.setattr(trial, "evaluate_all", peaking_eval)
+    cfg = tiny_config("train.steps=1000", "eval.every=10", "checkpoint.patience=3")
+    result = run_trial(cfg, tmp_path, echo=lambda s: None)
+    assert result.early_stopped and result.step == 50  # evals at 1, 10, 20 (best), 30, 40, 50
+    assert (result.best_step, result.best_value) == (20, 0.6)
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 20 and best["metrics"]["ood_test_acc_last"] == 0.6
+    assert torch.load(tmp_path / "checkpoints" / LATEST, weights_only=True)["step"] == 50
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "done" and status["early_stopped"] is True
