@@ -75,9 +75,10 @@ def config_cmd(config_file: Path | None, overrides: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from .cli_phases import phases_cmd, plot_cmd
+    from .cli_sweep import aggregate_cmd, launch_cmd, status_cmd
 
-    main.add_command(phases_cmd)
-    main.add_command(plot_cmd)
+    for command in (launch_cmd, status_cmd, aggregate_cmd, phases_cmd, plot_cmd):
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,103 @@
+"""What a grid costs before it runs: model FLOPs per trial, and hours at a stated throughput.
+
+The FLOP count is the one `benchmarks/throughput.py` uses for MFU (dense 6 * 12 * width^2 * depth
+per token, plus causal attention), for training steps plus the evaluations (forward only, four
+sets of `eval.batches` batches every `eval.every` steps). Hours follow from an achieved model
+FLOP rate, which is an assumption and is printed with every estimate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from .config import TrialConfig
+from .grid import describe_axes
+
+if TYPE_CHECKING:
+    from .rundir import Launch
+
+# Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
+# this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, SPEC.md section 8)
+# fit their 6-hour limit on one A100, so they reached at least 2.2e18 / 21,600 s = 1.0e14 FLOP/s.
+DEFAULT_GPU_TFLOPS = 100.0
+GPU_RATE_SOURCE = ("the rate the paper's runs imply (a depth-6 trial, 2.2e18 FLOPs, fit the authors' "
+                   "6 h limit on one A100)")
+# Achieved model FLOP/s of the whole 2-core CI machine, measured by
+# `python benchmarks/throughput.py --configs A` (width 128, depth 2, batch 64): 91 GFLOP/s.
+# Tiny models run well below it, so CPU estimates are lower bounds.
+CPU_MACHINE_GFLOPS = 91.0
+CPU_MACHINE_CORES = 2
+
+
+def model_flops_per_step(cfg: TrialConfig) -> float:
+    """Forward + backward FLOPs of one training step (the MFU accounting of benchmarks/)."""
+    w, d, T, B = cfg.model.width, cfg.model.depth, cfg.seq_len, cfg.train.batch_size
+    dense = 6 * 12 * w * w * d * B * T
+    attention = 3 * 2 * 2 * B * d * T * T * w / 2  # QK^T and AV, causal half, x3 for backward
+    return dense + attention
+
+
+def trial_flops(cfg: TrialConfig) -> float:
+    step = model_flops_per_step(cfg)
+    evals = cfg.train.steps // cfg.eval.every + 2  # step 1, every eval.every, the end
+    eval_flops = evals * 4 * cfg.eval.batches * step / 3  # forward only: a third of a step per batch
+    return cfg.train.steps * step + eval_flops
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    trials: int
+    flops: float
+    gpu_hours: float  # 0 for CPU-only grids
+    cpu_core_hours: float  # 0 for GPU grids
+    assumption: str
+
+    def summary(self) -> str:
+        if self.gpu_hours >= 1:
+            head = f"about {self.gpu_hours:,.0f} GPU-hours"
+        elif self.gpu_hours:
+            head = f"about {self.gpu_hours * 60:,.2f} GPU-minutes"
+        elif self.cpu_core_hours >= 1:
+            head = f"about {self.cpu_core_hours:,.1f} CPU core-hours (a lower bound)"
+        else:
+            head = f"about {self.cpu_core_hours * 60:,.1f} CPU core-minutes (a lower bound)"
+        return f"{head} for {self.flops:.2e} model FLOPs; assumes {self.assumption}"
+
+
+def estimate(configs: Iterable[TrialConfig], gpus_per_trial: float, gpu_tflops: float = DEFAULT_GPU_TFLOPS
+             ) -> CostEstimate:
+    """GPU-hours when trials run on GPUs (a trial with a fraction of a GPU is assumed to get no
+    more than a whole one's rate, so sharing saves nothing here), else CPU core-hours."""
+    configs = list(configs)
+    flops = sum(trial_flops(c) for c in configs)
+    if gpus_per_trial > 0:
+        seconds = flops / (gpu_tflops * 1e12)
+        rate = (f"{gpu_tflops:g} TFLOP/s of model FLOPs per GPU, one trial at a time per GPU: "
+                + (GPU_RATE_SOURCE if gpu_tflops == DEFAULT_GPU_TFLOPS else "the rate given with --gpu-tflops")
+                + "; measure yours with `python benchmarks/throughput.py` (model GFLOP/s) and pass "
+                  "--gpu-tflops")
+        return CostEstimate(len(configs), flops, seconds / 3600, 0.0, rate)
+    per_core = CPU_MACHINE_GFLOPS / CPU_MACHINE_CORES
+    seconds = flops / (per_core * 1e9)
+    rate = (f"{per_core:g} GFLOP/s per CPU core (benchmarks/throughput.py config A on a "
+            f"{CPU_MACHINE_CORES}-core machine); small models run slower, plus about a second of start-up per trial")
+    return CostEstimate(len(configs), flops, 0.0, seconds / 3600, rate)
+
+
+def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
+    spec, trials = launch.spec, launch.trials
+    res = spec.resources
+    cost = estimate((t.config for t in trials), res.gpu, **({"gpu_tflops": gpu_tflops} if gpu_tflops else {}))
+    steps = sorted({t.config.train.steps for t in trials})
+    concurrency = spec.run.max_concurrent or "as many as the resources allow"
+    lines = [
+        f"grid {spec.name} ({spec.source}): {len(trials):,} trials",
+        f"  axes: {describe_axes(spec)}",
+        f"  each trial: {res.cpu:g} CPU, {res.gpu:g} GPU, {', '.join(f'{s:,}' for s in steps)} steps",
+        f"  at once: {concurrency}; retries per trial: {spec.run.max_failures}",
+        f"  cost: {cost.summary()}",
+        f"  run directory: {launch.run_dir}",
+        f"  first trial: {trials[0].trial_id} in {trials[0].dir}",
+        "nothing was started (--dry-run)",
+    ]
+    return "\n".join(lines)

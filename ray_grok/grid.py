@@ -1,0 +1,371 @@
+"""Grid files: a base config, axes to sweep, seeds, resources per trial and run settings.
+
+    name: smoke                      # optional; default: the file name without .yaml
+    base: {task: {p: 11}}            # any trial config keys, nested or dotted
+    axes:                            # dotted config key -> values
+      model.depth: [1, 2]                                   # an explicit list
+      task.n_id: {pow2: {from: 8, to: 32}}                  # 8, 16, 32
+      task.alpha: {range: {from: 0.4, to: 0.7, step: 0.3}}  # 0.4, 0.7 (both ends included)
+    seeds: 2                         # seeds 0 and 1; or an explicit list [0, 3]
+    resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
+    run: {max_concurrent: 2, max_failures: 2}
+
+Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
+the valid ones), wrong types, and every expanded trial config by the trial's own rules
+(`config.validate`). Every error names the grid file, the key and the value.
+
+A trial's identity is derived from its resolved config: `trial_id` is a readable name built from
+its grid coordinates plus the first 8 hex digits of `TrialConfig.config_hash()`, e.g.
+`d4-n256-a0.6-s1-3f2a9c1e`; its directory is nested by coordinates,
+`trials/depth=4/n_id=256/alpha=0.6/seed=1`, so TensorBoard names its curves by them.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .config import VALID_KEYS, ConfigError, TrialConfig, config_from_dict, flatten, merge
+
+
+class GridError(ConfigError):
+    """A grid file is not valid; the message names the file, the key and the value."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts of a grid
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    cpu: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch's thread count "
+                                                      "when runtime.threads is 0)"})
+    gpu: float = field(default=0.0, metadata={"help": "GPUs per trial; a fraction (0.25) packs several "
+                                                      "trials onto one GPU"})
+
+    def as_ray(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    max_concurrent: int = field(default=0, metadata={"help": "trials running at once; 0 = as many as "
+                                                             "the resources allow"})
+    max_failures: int = field(default=2, metadata={"help": "retries of a failing trial before it is "
+                                                           "marked errored"})
+    state_every_s: float = field(default=60.0, metadata={"help": "seconds between snapshots of Tune's "
+                                                                 "experiment state (trial dirs are the truth)"})
+    object_store_mb: int = field(default=256, metadata={"help": "cap of a local Ray's object store "
+                                                                "(ray-grok passes no large objects)"})
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    source: str  # the file it came from, for messages
+    base: dict[str, Any]  # dotted keys
+    axes: tuple[Axis, ...]
+    seeds: tuple[int, ...]
+    resources: Resources
+    run: RunSettings
+    description: str = ""
+
+    def canonical(self) -> dict[str, Any]:
+        """What defines the experiment and how it runs: equal for two files that differ only in
+        comments, layout or name."""
+        return {
+            "base": dict(sorted(self.base.items())),
+            "axes": [[a.key, list(a.values)] for a in self.axes],
+            "seeds": list(self.seeds),
+            "resources": self.resources.as_ray(),
+            "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings)},
+        }
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    trial_id: str
+    dir: str  # relative to the run directory, e.g. trials/depth=4/n_id=256/alpha=0.6/seed=1
+    coords: dict[str, Any]  # swept key -> value, seed last
+    config: TrialConfig
+
+
+TOP_KEYS = ("name", "description", "base", "axes", "seeds", "resources", "run")
+# short ids for the paper's axes; other keys use their last dotted component
+ID_ABBREV = {"model.depth": "d", "task.n_id": "n", "task.alpha": "a", "seed": "s"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+def load_grid(path: str | Path) -> GridSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML: {exc}") from exc
+    return grid_from_dict(data, source=str(path), default_name=path.stem)
+
+
+def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid") -> GridSpec:
+    def fail(msg: str) -> None:
+        raise GridError(f"{source}: {msg}")
+
+    if not isinstance(data, Mapping):
+        fail(f"a grid must be a mapping with keys {', '.join(TOP_KEYS)}, got {type(data).__name__}")
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        fail(f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        fail(f"name must be letters, digits, '.', '_' or '-' (it names the run directory), got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        fail(f"description must be a string, got {description!r}")
+
+    base_raw = data.get("base") or {}
+    if not isinstance(base_raw, Mapping):
+        fail(f"base must be a mapping of trial config keys, got {base_raw!r}")
+    base = flatten(base_raw)
+    for key in base:
+        if key not in VALID_KEYS:
+            fail(f"unknown config key base.{key}; valid keys: {', '.join(VALID_KEYS)}")
+
+    axes_raw = data.get("axes") or {}
+    if not isinstance(axes_raw, Mapping):
+        fail(f"axes must be a mapping of config key -> values, got {axes_raw!r}")
+    axes = []
+    for key, spec in axes_raw.items():
+        if key not in VALID_KEYS:
+            fail(f"unknown config key axes.{key}; valid keys: {', '.join(VALID_KEYS)}")
+        if key in base:
+            fail(f"{key} is both in base ({base[key]!r}) and in axes: set it in one place")
+        axes.append(Axis(key, _axis_values(key, spec, fail)))
+
+    seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail)
+    resources = _section(Resources, data.get("resources") or {}, "resources", fail)
+    run = _section(RunSettings, data.get("run") or {}, "run", fail)
+    if resources.cpu <= 0:
+        fail(f"resources.cpu must be > 0, got {resources.cpu!r}")
+    if resources.gpu < 0 or (resources.gpu > 1 and not float(resources.gpu).is_integer()):
+        fail(f"resources.gpu must be >= 0, and a whole number above 1 (Ray's rule), got {resources.gpu!r}")
+    if run.max_concurrent < 0:
+        fail(f"run.max_concurrent must be >= 0 (0 = as many as fit), got {run.max_concurrent!r}")
+    if run.max_failures < 0:
+        fail(f"run.max_failures must be >= 0, got {run.max_failures!r}")
+    if run.state_every_s <= 0:
+        fail(f"run.state_every_s must be > 0, got {run.state_every_s!r}")
+    if run.object_store_mb < 80:
+        fail(f"run.object_store_mb must be >= 80 (Ray's minimum is about 75 MB), got {run.object_store_mb!r}")
+
+    spec = GridSpec(name=name, source=source, base=base, axes=tuple(axes), seeds=seeds,
+                    resources=resources, run=run, description=description)
+    expand(spec)  # validates every trial config now, before anything starts
+    return spec
+
+
+def _axis_values(key: str, spec: Any, fail) -> tuple[Any, ...]:
+    forms = "a list of values, {range: {from, to, step}} or {pow2: {from, to}}"
+    if isinstance(spec, list):
+        values = list(spec)
+    elif isinstance(spec, Mapping) and len(spec) == 1 and next(iter(spec)) in ("range", "pow2"):
+        kind, args = next(iter(spec.items()))
+        want = ("from", "to", "step") if kind == "range" else ("from", "to")
+        if not isinstance(args, Mapping) or set(args) != set(want):
+            fail(f"axes.{key}.{kind} must be a mapping with keys {', '.join(want)}, got {args!r}")
+        for k in want:
+            if isinstance(args[k], bool) or not isinstance(args[k], (int, float)):
+                fail(f"axes.{key}.{kind}.{k} must be a number, got {args[k]!r}")
+        values = _range(key, args, fail) if kind == "range" else _pow2(key, args, fail)
+    else:
+        fail(f"axes.{key} must be {forms}, got {spec!r}")
+    if not values:
+        fail(f"axes.{key} has no values")
+    for v in values:
+        if isinstance(v, (Mapping, list)):
+            fail(f"axes.{key} values must be single values, got {v!r}")
+    if len({repr(v) for v in values}) != len(values):
+        fail(f"axes.{key} lists a value twice: {values!r}")
+    return tuple(values)
+
+
+def _range(key: str, args: Mapping, fail) -> list:
+    start, stop, step = args["from"], args["to"], args["step"]
+    if step <= 0:
+        fail(f"axes.{key}.range.step must be > 0, got {step!r}")
+    if stop < start:
+        fail(f"axes.{key}.range.to must be >= from, got from {start!r} to {stop!r}")
+    n = round((stop - start) / step)
+    if abs(start + n * step - stop) > 1e-9 * max(1.0, abs(stop)):
+        fail(f"axes.{key}.range: to - from must be a whole number of steps, got from {start!r} "
+             f"to {stop!r} step {step!r}")
+    ints = all(isinstance(v, int) for v in (start, stop, step))
+    # rounding keeps 0.2 + 3 * 0.1 == 0.5, so ids and directories read as the grid does
+    return [start + i * step if ints else round(start + i * step, 12) for i in range(n + 1)]
+
+
+def _pow2(key: str, args: Mapping, fail) -> list:
+    start, stop = args["from"], args["to"]
+    if not (isinstance(start, int) and isinstance(stop, int)) or start < 1:
+        fail(f"axes.{key}.pow2 from and to must be integers >= 1, got from {start!r} to {stop!r}")
+    ratio = stop / start
+    if stop < start or not float(ratio).is_integer() or int(ratio) & (int(ratio) - 1):
+        fail(f"axes.{key}.pow2.to must be from times a power of two, got from {start} to {stop}")
+    return [start << i for i in range(int(math.log2(ratio)) + 1)]
+
+
+def _seeds(value: Any, seed_is_axis: bool, fail) -> tuple[int, ...]:
+    if seed_is_axis:
+        if value != 1:
+            fail("seed is an axis and seeds is set too: use one of them")
+        return ()
+    if isinstance(value, bool):
+        fail(f"seeds must be a count (>= 1) or a list of seeds, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            fail(f"seeds must be >= 1, got {value!r}")
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                  for s in value):
+        if len(set(value)) != len(value):
+            fail(f"seeds lists a seed twice: {value!r}")
+        return tuple(value)
+    fail(f"seeds must be a count (>= 1) or a non-empty list of seeds >= 0, got {value!r}")
+    raise AssertionError  # unreachable: fail raises
+
+
+def _section(cls: type, data: Any, name: str, fail) -> Any:
+    valid = {f.name: f for f in fields(cls)}
+    if not isinstance(data, Mapping):
+        fail(f"{name} must be a mapping with keys {', '.join(valid)}, got {data!r}")
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        listing = ", ".join(f"{k} (default {f.default!r}: {f.metadata['help']})" for k, f in valid.items())
+        fail(f"unknown key {name}.{unknown[0]}; valid keys: {listing}")
+    kwargs = {}
+    for k, v in data.items():
+        want = valid[k].type
+        if want in ("float", float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                fail(f"{name}.{k} must be a number, got {v!r}")
+            v = float(v)
+        elif isinstance(v, bool) or not isinstance(v, int):
+            fail(f"{name}.{k} must be an integer, got {v!r}")
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion: the trials of a grid, their ids and directories
+# ---------------------------------------------------------------------------------------------
+
+def expand(spec: GridSpec) -> list[PlannedTrial]:
+    """Every trial of the grid, seeds outermost (a partial sweep covers the whole diagram with
+    fewer seeds first), then the axes in file order. Each config is validated here."""
+    keys = [a.key for a in spec.axes]
+    if not spec.seeds:  # seed is an axis
+        value_lists = [a.values for a in spec.axes]
+        seed_first = False
+    else:
+        keys.append("seed")
+        value_lists = [a.values for a in spec.axes] + [spec.seeds]
+        seed_first = True
+    short = _short_names(keys)
+    order = ([len(keys) - 1] + list(range(len(keys) - 1))) if seed_first else list(range(len(keys)))
+
+    trials, seen_ids, seen_dirs = [], set(), set()
+    for combo in itertools.product(*(value_lists[i] for i in order)):
+        values = dict(zip((keys[i] for i in order), combo))
+        coords = {k: values[k] for k in keys}
+        label = " ".join(f"{short[k]}={_fmt(v)}" for k, v in coords.items())
+        try:
+            cfg = config_from_dict(merge({}, {**spec.base, **coords}))
+        except ConfigError as exc:
+            raise GridError(f"{spec.source}: trial {label}: {exc}") from exc
+        flat = cfg.flat()
+        coords = {k: flat[k] for k in keys}  # as the config reads them: YAML's '1.0e12' string is a float
+        trial = PlannedTrial(_trial_id(coords, cfg), _trial_dir(coords, short), coords, cfg)
+        if trial.trial_id in seen_ids or trial.dir in seen_dirs:
+            raise GridError(f"{spec.source}: trial {label} repeats another trial; are two axis values equal?")
+        seen_ids.add(trial.trial_id)
+        seen_dirs.add(trial.dir)
+        trials.append(trial)
+    _check_device(spec, trials)
+    return trials
+
+
+def _check_device(spec: GridSpec, trials: list[PlannedTrial]) -> None:
+    for t in trials:
+        dev = t.config.runtime.device
+        if spec.resources.gpu == 0 and dev.startswith("cuda"):
+            raise GridError(f"{spec.source}: runtime.device is {dev!r} but resources.gpu is 0: "
+                            "give trials a GPU or use device cpu/auto")
+        if spec.resources.gpu > 0 and dev == "cpu":
+            raise GridError(f"{spec.source}: resources.gpu is {spec.resources.gpu} but runtime.device is "
+                            "'cpu': the GPU would sit idle; use device auto")
+        if spec.resources.gpu > 0 and dev.startswith("cuda:") and dev != "cuda:0":
+            raise GridError(f"{spec.source}: runtime.device is {dev!r}; Ray shows each trial only its own "
+                            "GPU(s), numbered from 0: use auto or cuda")
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Last dotted component (depth, n_id, ...) unless two swept keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _fmt(value: Any) -> str:
+    """A value as it appears in ids and paths: 0.6, 0.00015, 1e+12 (12 significant digits; two
+    values that print alike are caught as repeated trials)."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:.12g}"
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def _trial_id(coords: Mapping[str, Any], cfg: TrialConfig) -> str:
+    parts = []
+    for key, value in coords.items():
+        if key in ID_ABBREV:
+            parts.append(f"{ID_ABBREV[key]}{_fmt(value)}")
+        elif isinstance(value, str):
+            parts.append(_fmt(value))
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}{_fmt(value)}")
+    parts.append(cfg.config_hash()[:8])
+    return "-".join(parts)
+
+
+def _trial_dir(coords: Mapping[str, Any], short: Mapping[str, str]) -> str:
+    return "/".join(["trials"] + [f"{short[k]}={_fmt(v)}" for k, v in coords.items()])
+
+
+def describe_axes(spec: GridSpec) -> str:
+    """'model.depth [2, 4, 6] x task.n_id [8, ..., 512] (7) x seeds 10' for messages."""
+    def values(vs: tuple) -> str:
+        if len(vs) <= 4:
+            return f"[{', '.join(_fmt(v) for v in vs)}]"
+        return f"[{_fmt(vs[0])}, {_fmt(vs[1])}, ..., {_fmt(vs[-1])}] ({len(vs)})"
+    parts = [f"{a.key} {values(a.values)}" for a in spec.axes]
+    if spec.seeds:
+        parts.append(f"seeds {len(spec.seeds)}" if spec.seeds == tuple(range(len(spec.seeds)))
+                     else f"seeds {values(spec.seeds)}")
+    return " x ".join(parts) or "one trial"

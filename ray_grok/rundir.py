@@ -1,0 +1,259 @@
+"""The run directory of a sweep: its layout, its plan, and the state of its trials from files alone.
+
+    RUN_DIR/
+      grid.yaml          verbatim copy of the grid it was launched with (a changed grid is refused)
+      plan.json          every trial: trial_id, dir, coordinates, steps (written once, at creation)
+      sweep.json         the driver: state, host, pid, heartbeat (for `ray-grok status`)
+      trials/depth=4/n_id=256/alpha=0.6/seed=1/
+                         the trial directory of `run_trial` (config.json, metrics.parquet,
+                         status.json, TensorBoard events, checkpoints/), plus attempts.json and
+                         train.log written by the sweep layer
+      tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors)
+      results/trials/part-0.parquet, results/curves/part-0.parquet   (`ray-grok aggregate`)
+
+Nothing here imports Ray: `status` and `aggregate` work from the files, anywhere they are visible.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .grid import GridError, GridSpec, PlannedTrial, expand, grid_from_dict, load_grid
+from .outputs import atomic_write_text, read_json, write_json
+from .schema import CONFIG_FILE, FAILED, RUNNING, STATUS_FILE
+
+GRID_FILE = "grid.yaml"
+PLAN_FILE = "plan.json"
+SWEEP_FILE = "sweep.json"
+TUNE_DIR = "tune"
+TUNE_EXPERIMENT = "sweep"
+RESULTS_DIR = "results"
+ATTEMPTS_FILE = "attempts.json"
+LOG_FILE = "train.log"
+PENDING = "pending"  # no status.json yet: the trial never started
+HEARTBEAT_S = 10.0  # the driver rewrites sweep.json this often
+
+
+class RunDirError(GridError):
+    """RUN_DIR cannot be used for this launch (another grid, not a sweep directory)."""
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    trial_id: str
+    dir: str
+    coords: dict[str, Any]
+    steps: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    entries: tuple[PlanEntry, ...]
+    max_failures: int
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.trial_id for e in self.entries]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a launch: the grid and the run directory
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Launch:
+    spec: GridSpec
+    grid_text: str
+    trials: list[PlannedTrial]
+    run_dir: Path
+
+
+def resolve(grid: Path | None, out: Path | None, resume: bool) -> Launch:
+    """The grid (the file given, or RUN_DIR's stored copy with --resume) and the run directory."""
+    if grid is None:
+        if not (resume and out is not None):
+            raise GridError("give a GRID file, or --resume --out RUN_DIR to continue a sweep")
+        if not (out / GRID_FILE).exists():
+            raise RunDirError(f"nothing to resume: {out} holds no {GRID_FILE}")
+        spec, text = stored_grid(out), (out / GRID_FILE).read_text()
+    else:
+        spec, text = load_grid(grid), Path(grid).read_text()
+    run_dir = (out if out is not None else Path("runs") / spec.name).resolve()
+    if resume and not (run_dir / GRID_FILE).exists():
+        raise RunDirError(f"nothing to resume: {run_dir} holds no sweep (no {GRID_FILE})")
+    return Launch(spec, text, expand(spec), run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating a run directory, or checking that an existing one holds the same grid
+# ---------------------------------------------------------------------------------------------
+
+def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedTrial]) -> bool:
+    """Create RUN_DIR for this grid, or check that it already holds it. Returns True if it existed.
+
+    Each trial directory is created now with its resolved config.json, so pending trials are
+    visible to `status` and `aggregate`, and the trainable needs nothing but the trial id.
+    """
+    plan_path = run_dir / PLAN_FILE
+    if plan_path.exists():
+        check_same_grid(run_dir, spec, trials)
+        for t in trials:  # a trial directory removed by hand starts over
+            if not (run_dir / t.dir / CONFIG_FILE).exists():
+                (run_dir / t.dir).mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / t.dir / CONFIG_FILE, t.config.to_dict())
+        return True
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} exists and is not a ray-grok sweep directory (no {PLAN_FILE}); "
+                          "choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / GRID_FILE, grid_text)
+    for t in trials:
+        out = run_dir / t.dir
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG_FILE, t.config.to_dict())
+    # the plan is written last: its presence marks a complete run directory
+    write_json(plan_path, {
+        "name": spec.name,
+        "max_failures": spec.run.max_failures,
+        "trials": [{"trial_id": t.trial_id, "dir": t.dir, "coords": t.coords, "steps": t.config.train.steps}
+                   for t in trials],
+    })
+    return False
+
+
+def check_same_grid(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -> None:
+    """Refuse a launch whose grid differs from the one RUN_DIR was created with."""
+    stored = stored_grid(run_dir)
+    plan = read_plan(run_dir)
+    diffs = []
+    old_ids, new_ids = set(plan.ids), {t.trial_id for t in trials}
+    if old_ids != new_ids:
+        added, removed = sorted(new_ids - old_ids), sorted(old_ids - new_ids)
+        if added:
+            diffs.append(f"{len(added)} new trials (e.g. {added[0]})")
+        if removed:
+            diffs.append(f"{len(removed)} trials no longer in the grid (e.g. {removed[0]})")
+    old, new = stored.canonical(), spec.canonical()
+    for section in ("resources", "run"):
+        for key, value in new[section].items():
+            if old[section].get(key) != value:
+                diffs.append(f"{section}.{key}: {old[section].get(key)!r} -> {value!r}")
+    if diffs:
+        raise RunDirError(
+            f"{run_dir} was launched with another grid ({run_dir / GRID_FILE}); this one differs: "
+            f"{'; '.join(diffs)}. A sweep's grid cannot change: launch it into a new --out, or resume "
+            f"with the stored grid: ray-grok launch --resume --out {run_dir}")
+
+
+def stored_grid(run_dir: Path) -> GridSpec:
+    import yaml
+
+    path = run_dir / GRID_FILE
+    return grid_from_dict(yaml.safe_load(path.read_text()), source=str(path), default_name=run_dir.name)
+
+
+def read_plan(run_dir: Path) -> Plan:
+    path = run_dir / PLAN_FILE
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a ray-grok sweep directory: it has no {PLAN_FILE}")
+    data = read_json(path)
+    entries = tuple(PlanEntry(e["trial_id"], e["dir"], e["coords"], e["steps"]) for e in data["trials"])
+    return Plan(data["name"], entries, data.get("max_failures", 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The state of a trial, from its files
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialState:
+    entry: PlanEntry
+    state: str  # pending | running | done | failed
+    step: int
+    error: str | None
+    attempts: int
+    status: dict  # status.json, {} when pending
+
+
+def trial_state(run_dir: Path, entry: PlanEntry) -> TrialState:
+    out = run_dir / entry.dir
+    status = _read_json_or(out / STATUS_FILE, {})
+    attempts = _read_json_or(out / ATTEMPTS_FILE, {})
+    state = status.get("state", PENDING)
+    return TrialState(entry, state, int(status.get("step", 0)), status.get("error") or attempts.get("last_error"),
+                      int(attempts.get("attempts", 0)), status)
+
+
+def trial_states(run_dir: Path, plan: Plan | None = None) -> list[TrialState]:
+    plan = plan or read_plan(run_dir)
+    return [trial_state(run_dir, e) for e in plan.entries]
+
+
+def _read_json_or(path: Path, default: Any) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError:  # only a hand-edited file: our writers are atomic
+        return default
+
+
+def record_attempt(out: Path) -> int:
+    """Count one more attempt at the trial in OUT (called by the trainable as it starts)."""
+    path = out / ATTEMPTS_FILE
+    data = _read_json_or(path, {"attempts": 0})
+    data["attempts"] = int(data.get("attempts", 0)) + 1
+    data["last_start"] = time.time()
+    data["host"] = socket.gethostname()
+    write_json(path, data)
+    return data["attempts"]
+
+
+def record_failure(out: Path, error: str, steps: int) -> None:
+    """Mark the trial failed with ERROR (unless run_trial already did) and keep the message."""
+    from .outputs import status_record
+
+    status = _read_json_or(out / STATUS_FILE, {})
+    if status.get("state") != FAILED:
+        write_json(out / STATUS_FILE, status_record(FAILED, int(status.get("step", 0)), steps, error=error))
+    path = out / ATTEMPTS_FILE
+    data = _read_json_or(path, {"attempts": 0})
+    data["last_error"] = error
+    write_json(path, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver's heartbeat
+# ---------------------------------------------------------------------------------------------
+
+def write_driver(run_dir: Path, state: str, started: float, **extra: Any) -> None:
+    write_json(run_dir / SWEEP_FILE, {"state": state, "host": socket.gethostname(), "pid": os.getpid(),
+                                      "started": started, "updated": time.time(),
+                                      "heartbeat_s": HEARTBEAT_S, **extra})
+
+
+def read_driver(run_dir: Path) -> dict:
+    return _read_json_or(run_dir / SWEEP_FILE, {})
+
+
+def driver_alive(driver: dict, now: float | None = None) -> bool:
+    """The driver said 'running' recently (a killed driver stops updating; works across hosts),
+    and, when it ran on this host, its process still exists."""
+    if driver.get("state") != RUNNING:
+        return False
+    if driver.get("host") == socket.gethostname() and driver.get("pid"):
+        try:
+            os.kill(int(driver["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            pass
+    now = time.time() if now is None else now
+    return now - driver.get("updated", 0) < max(60.0, 6 * driver.get("heartbeat_s", HEARTBEAT_S))
+

@@ -1,0 +1,107 @@
+"""`ray-grok status RUN_DIR`: where a sweep stands, from its files alone (no Ray needed).
+
+Works for a sweep running on another machine as long as RUN_DIR is visible: the driver's
+heartbeat (sweep.json) says whether it is alive, each trial's status.json where the trial is.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .rundir import PENDING, TrialState, driver_alive, read_driver, read_plan, trial_states
+from .schema import DONE, FAILED, RUNNING
+
+INTERRUPTED = "interrupted"  # status.json says running but no driver is alive
+ERRORED = "errored"  # status.json says failed
+ORDER = (DONE, RUNNING, INTERRUPTED, PENDING, ERRORED)
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    name: str
+    run_dir: Path
+    counts: dict[str, int]
+    steps_done: int
+    steps_total: int
+    driver: dict
+    alive: bool
+    eta_s: float | None
+    s_per_step: float | None  # training seconds per step of the finished trials
+    errored: list[TrialState] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
+    run_dir = Path(run_dir)
+    now = time.time() if now is None else now
+    plan = read_plan(run_dir)
+    driver = read_driver(run_dir)
+    alive = driver_alive(driver, now)
+    states = trial_states(run_dir, plan)
+
+    def label(s: TrialState) -> str:
+        if s.state == FAILED:
+            return ERRORED
+        if s.state == RUNNING and not alive:
+            return INTERRUPTED
+        return s.state
+
+    counts = Counter(label(s) for s in states)
+    steps_total = sum(s.entry.steps for s in states)
+    steps_done = sum(s.entry.steps if s.state == DONE else min(s.step, s.entry.steps) for s in states)
+    done = [s for s in states if s.state == DONE and s.status.get("wall_time")]
+    s_per_step = (sum(s.status["wall_time"] for s in done) / max(1, sum(s.step for s in done))) if done else None
+    eta = None
+    if alive:
+        eta = driver.get("eta_s")
+        running = counts[RUNNING]
+        if eta is None and s_per_step and running:
+            left = sum(s.entry.steps - s.step for s in states if s.state not in (DONE, FAILED))
+            eta = left * s_per_step / running
+    return SweepStatus(plan.name, run_dir, {k: counts[k] for k in ORDER}, steps_done, steps_total, driver, alive,
+                       eta, s_per_step, [s for s in states if s.state == FAILED])
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    d = st.driver
+    if st.alive:
+        driver = (f"driver running on {d.get('host')} (pid {d.get('pid')}, heartbeat "
+                  f"{now - d.get('updated', now):.0f} s ago)")
+    elif d:
+        driver = (f"no driver running (last: {d.get('state')} on {d.get('host')}, "
+                  f"{_fmt_s(now - d.get('updated', now))} ago)")
+    else:
+        driver = "no driver has run yet"
+    pct = 100.0 * st.steps_done / st.steps_total if st.steps_total else 100.0
+    lines = [
+        f"sweep {st.name} in {st.run_dir}: {st.total} trials; {driver}",
+        "  " + " | ".join(f"{k} {v}" for k, v in st.counts.items()),
+        f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
+        + (f" | ETA {_fmt_s(st.eta_s)}" if st.alive else "")
+        + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
+    ]
+    left = st.total - st.counts[DONE] - st.counts[ERRORED]
+    if not st.alive and left:
+        lines.append(f"  {left} trials unfinished: resume with `ray-grok launch --resume --out {st.run_dir}`")
+    if st.errored:
+        lines.append(f"errored trials ({len(st.errored)}):")
+        for s in st.errored[:max_errors]:
+            msg = (s.error or "no message").strip().replace("\n", " ")
+            lines.append(f"  {s.entry.trial_id} ({s.entry.dir}), {s.attempts} attempts, at step {s.step}: "
+                         f"{msg[:400]}")
+        if len(st.errored) > max_errors:
+            lines.append(f"  ... and {len(st.errored) - max_errors} more")
+    return "\n".join(lines)

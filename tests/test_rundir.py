@@ -1,0 +1,200 @@
+"""The run directory without Ray: creation, refusing a changed grid, results tables, status.
+
+Trials are trained in-process with run_trial (the same call the Tune trainable makes), so the
+tables are built from real trial directories in a few seconds.
+"""
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ray_grok.aggregate import TRIALS_SCHEMA, aggregate
+from ray_grok.cli import main
+from ray_grok.config import TrialConfig
+from ray_grok.grid import expand, grid_from_dict
+from ray_grok.rundir import (
+    RunDirError, prepare, read_plan, record_attempt, record_failure, resolve, write_driver,
+)
+from ray_grok.schema import EVAL_COLUMNS, METRICS_COLUMNS
+from ray_grok.status import format_status, sweep_status
+from ray_grok.trial import run_trial
+
+GRID = {
+    "name": "files",
+    "base": {"task": {"p": 7, "rule": "random", "n_ood": 8, "n_examples": 8},
+             "model": {"width": 32, "heads": 2, "depth": 1},
+             "train": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5},
+             "eval": {"every": 10, "batches": 1}, "checkpoint": {"every": 10},
+             "runtime": {"device": "cpu", "threads": 1, "log_every": 10}},
+    "axes": {"task.n_id": [2, 4]},
+    "seeds": 2,
+    "resources": {"cpu": 1},
+    "run": {"max_concurrent": 2, "max_failures": 1},
+}
+
+
+def write_grid(path: Path, data: dict, comment: str = "") -> Path:
+    path.write_text(comment + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """4 trials: 2 done, 1 interrupted after its first evaluations, 1 pending."""
+    root = tmp_path_factory.mktemp("rundir")
+    launch = resolve(write_grid(root / "files.yaml", GRID), root / "run", resume=False)
+    assert prepare(launch.run_dir, launch.spec, launch.grid_text, launch.trials) is False
+    t = launch.trials
+    for trial in t[:2]:
+        run_trial(trial.config, launch.run_dir / trial.dir, echo=lambda s: None, tensorboard=False)
+
+    def stop_at_20(row, *, checkpointed, step):
+        if step >= 20:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(t[2].config, launch.run_dir / t[2].dir, reporter=stop_at_20, echo=lambda s: None,
+                  tensorboard=False)
+    return launch.run_dir
+
+
+def test_run_dir_holds_grid_plan_and_a_config_per_trial(run_dir):
+    plan = read_plan(run_dir)
+    assert plan.name == "files" and len(plan.entries) == 4
+    assert (run_dir / "grid.yaml").read_text().startswith("name: files")
+    for e in plan.entries:
+        assert (run_dir / e.dir / "config.json").exists()
+    assert plan.entries[0].dir == "trials/n_id=2/seed=0"
+
+
+def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
+    summary = aggregate(run_dir)
+    assert summary.trials == 4 and summary.by_status == {"done": 2, "running": 1, "pending": 1}
+    trials = pd.read_parquet(run_dir / "results" / "trials")
+    config_cols = list(TrialConfig().flat())
+    expected = (["trial_id", "status", "steps_done", "wall_time", "best_step"] + config_cols
+                + [f"final_{m}" for m in EVAL_COLUMNS] + [f"best_{m}" for m in EVAL_COLUMNS])
+    assert list(trials.columns) == expected
+    assert trials["trial_id"].is_unique and len(trials) == 4
+    by_status = trials.set_index("status")
+    assert by_status.loc["done", "steps_done"].tolist() == [30, 30]
+    assert by_status.loc["running", "steps_done"] == 20
+    pending = by_status.loc["pending"]
+    assert pending["steps_done"] == 0 and pending["best_step"] == -1 and pd.isna(pending["final_id_train_acc"])
+    assert set(trials["task.n_id"]) == {2, 4} and set(trials["seed"]) == {0, 1}
+
+    curves = pd.read_parquet(run_dir / "results" / "curves")
+    assert list(curves.columns) == ["trial_id", *METRICS_COLUMNS]
+    counts = curves.groupby("trial_id").size()
+    done_ids = trials.loc[trials["status"] == "done", "trial_id"]
+    assert all(counts[i] == 4 for i in done_ids)  # steps 1, 10, 20, 30
+    # best_* is the curves row at best_step, final_* the last row
+    row = trials.loc[trials["status"] == "done"].iloc[0]
+    c = curves[curves["trial_id"] == row["trial_id"]].set_index("step")
+    assert row["best_ood_test_acc_last"] == c.loc[row["best_step"], "ood_test_acc_last"]
+    assert row["final_id_train_loss"] == c.iloc[-1]["id_train_loss"]
+    assert list(row["final_id_test_acc_by_shot"]) == list(c.iloc[-1]["id_test_acc_by_shot"])
+
+
+def test_aggregate_is_idempotent_and_atomic(run_dir):
+    aggregate(run_dir)
+    first = pq.read_table(run_dir / "results" / "trials")
+    first_curves = pq.read_table(run_dir / "results" / "curves")
+    aggregate(run_dir)
+    pd.testing.assert_frame_equal(pq.read_table(run_dir / "results" / "trials").to_pandas(), first.to_pandas())
+    pd.testing.assert_frame_equal(pq.read_table(run_dir / "results" / "curves").to_pandas(), first_curves.to_pandas())
+    for table in ("trials", "curves"):
+        assert sorted(p.name for p in (run_dir / "results" / table).iterdir()) == ["part-0.parquet"]
+
+
+def test_results_are_readable_by_pyarrow_pandas_duckdb_and_the_phase_tools(run_dir):
+    aggregate(run_dir)
+    assert ds.dataset(run_dir / "results" / "trials").to_table().schema.equals(TRIALS_SCHEMA)
+    assert len(pd.read_parquet(run_dir / "results" / "curves")) > 0
+    from ray_grok.phases import read_results
+
+    assert len(read_results(run_dir, "trials")) == 4
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    n = con.execute(f"select count(*) from '{run_dir}/results/trials/*.parquet'").fetchall()[0][0]
+    rows = con.execute(f"select count(*) from '{run_dir}/results/curves/*.parquet'").fetchall()[0][0]
+    assert n == 4 and rows == len(pd.read_parquet(run_dir / "results" / "curves"))
+
+
+def test_status_from_files_counts_states_and_shows_errors(run_dir, tmp_path):
+    plan = read_plan(run_dir)
+    failed = run_dir / plan.entries[3].dir
+    # a copy of the run dir, with the pending trial failed and a driver that died an hour ago
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    failed = copy / plan.entries[3].dir
+    record_attempt(failed)
+    record_attempt(failed)
+    record_failure(failed, "NonFiniteLossError: training loss became non-finite", 30)
+    write_driver(copy, "running", time.time() - 7200)
+    (copy / "sweep.json").write_text((copy / "sweep.json").read_text().replace(
+        '"updated": ', '"updated": 1000000, "old": '))
+    st = sweep_status(copy)
+    assert not st.alive
+    assert st.counts == {"done": 2, "running": 0, "interrupted": 1, "pending": 0, "errored": 1}
+    assert st.steps_done == 30 + 30 + 20 + 0 and st.steps_total == 120
+    text = format_status(st)
+    assert "errored 1" in text and "non-finite" in text and "2 attempts" in text
+    assert "resume with `ray-grok launch --resume" in text
+
+    write_driver(copy, "running", time.time(), eta_s=95.0)  # a live driver elsewhere
+    st = sweep_status(copy)
+    assert st.alive and st.counts["running"] == 1 and st.counts["interrupted"] == 0
+    assert "ETA 1m35s" in format_status(st)
+
+    result = CliRunner().invoke(main, ["status", str(copy)])
+    assert result.exit_code == 0 and "errored 1" in result.output and "non-finite" in result.output
+
+
+def test_a_changed_grid_is_refused_and_a_comment_is_not_a_change(tmp_path):
+    out = tmp_path / "run"
+    a = resolve(write_grid(tmp_path / "a.yaml", GRID), out, resume=False)
+    prepare(a.run_dir, a.spec, a.grid_text, a.trials)
+
+    same = resolve(write_grid(tmp_path / "b.yaml", GRID, comment="# reworded\n"), out, resume=False)
+    assert prepare(same.run_dir, same.spec, same.grid_text, same.trials) is True
+
+    more = dict(GRID, axes={"task.n_id": [2, 4, 8]})
+    other = resolve(write_grid(tmp_path / "c.yaml", more), out, resume=False)
+    with pytest.raises(RunDirError, match="2 new trials") as err:
+        prepare(other.run_dir, other.spec, other.grid_text, other.trials)
+    assert "launch it into a new --out" in str(err.value)
+
+    retries = resolve(write_grid(tmp_path / "d.yaml", dict(GRID, run={"max_concurrent": 2, "max_failures": 3})),
+                      out, resume=False)
+    with pytest.raises(RunDirError, match="run.max_failures: 1 -> 3"):
+        prepare(retries.run_dir, retries.spec, retries.grid_text, retries.trials)
+
+    stored = resolve(None, out, resume=True)  # --resume without a grid: the stored copy
+    assert [t.trial_id for t in stored.trials] == [t.trial_id for t in a.trials]
+
+
+def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    launch = resolve(write_grid(tmp_path / "a.yaml", GRID), tmp_path / "x", resume=False)
+    with pytest.raises(RunDirError, match="not a ray-grok sweep directory"):
+        prepare(launch.run_dir, launch.spec, launch.grid_text, launch.trials)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        resolve(None, tmp_path / "nothing", resume=True)
+
+
+def test_expansion_of_the_test_grid_matches_the_plan(run_dir):
+    plan = read_plan(run_dir)
+    assert plan.ids == [t.trial_id for t in expand(grid_from_dict(GRID))]

@@ -1,0 +1,243 @@
+"""Sweeps end to end on a real local Ray (2 CPUs, token auth off for this private test box, a short
+temp dir, a capped object store, no dashboard): the smoke grid, SIGKILL of the driver and resume,
+failing trials, and the live view.
+
+Each test starts and stops its own Ray; the kill test runs the driver as a subprocess in its own
+session and cleans up only the processes of that session.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ray_grok.cli import main
+from ray_grok.rundir import read_plan, resolve
+from ray_grok.status import format_status, sweep_status
+from ray_grok.sweep import LIVE_TB_DIR, launch
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_TMP = f"/tmp/rgtest-{os.getpid()}"
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GROK_TEMP_DIR": RAY_TMP, "RAY_GROK_NUM_CPUS": "2"}
+
+TINY_BASE = {
+    "task": {"p": 7, "rule": "random", "n_ood": 8, "n_examples": 8},
+    "model": {"width": 32, "heads": 2},
+    "train": {"steps": 60, "batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
+    "eval": {"every": 20, "batches": 1},
+    "checkpoint": {"every": 20},
+    "runtime": {"device": "cpu", "log_every": 20},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def ray_env():
+    mp = pytest.MonkeyPatch()
+    for k, v in RAY_ENV.items():
+        mp.setenv(k, v)
+    yield
+    mp.undo()
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
+
+
+def write_grid(path: Path, **sections) -> Path:
+    data = {"name": path.stem, "base": TINY_BASE, "resources": {"cpu": 1},
+            "run": {"max_concurrent": 2, "max_failures": 1, "object_store_mb": 200}}
+    data.update(sections)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def statuses(run_dir: Path) -> dict[str, dict]:
+    return {e.trial_id: json.loads((run_dir / e.dir / "status.json").read_text())
+            for e in read_plan(run_dir).entries if (run_dir / e.dir / "status.json").exists()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke grid, as a user runs it
+# ---------------------------------------------------------------------------------------------
+
+def test_smoke_grid_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    result = CliRunner().invoke(main, ["launch", str(ROOT / "grids" / "smoke.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "done 32/32" in result.output and "errored 0" in result.output  # the live view
+
+    plan = read_plan(out)
+    trials = pd.read_parquet(out / "results" / "trials")
+    assert sorted(trials["trial_id"]) == sorted(plan.ids)  # every trial exactly once
+    assert set(trials["status"]) == {"done"} and set(trials["steps_done"]) == {400}
+    for col in ("model.depth", "task.n_id", "task.alpha", "task.rule", "seed"):
+        assert trials[col].nunique() == 2
+    curves = pd.read_parquet(out / "results" / "curves")
+    assert (curves.groupby("trial_id").size() == 9).all()  # steps 1, 50, ..., 400
+    assert not curves.duplicated(["trial_id", "step"]).any()
+
+    # TensorBoard: one run per trial named by its coordinates, with its hparams; none from Tune;
+    # plus the sweep-level run of live phase diagrams
+    events = sorted(out.rglob("events.out.tfevents*"))
+    assert {p.parent.relative_to(out).as_posix() for p in events} == {e.dir for e in plan.entries} | {LIVE_TB_DIR}
+    from tensorboard.backend.event_processing import event_multiplexer
+
+    mux = event_multiplexer.EventMultiplexer(size_guidance={"images": 0})
+    mux.AddRunsFromDirectory(str(out))
+    mux.Reload()
+    assert set(mux.Runs()) == {e.dir for e in plan.entries} | {LIVE_TB_DIR}
+    assert "trials/depth=1/n_id=8/alpha=0.4/rule=rectangular/seed=0" in mux.Runs()
+    assert set(mux.PluginRunToTagToContent("hparams")) == {e.dir for e in plan.entries}
+    live = mux.Images(LIVE_TB_DIR, "phases/depth=2")
+    assert live[-1].step == 32 and live[-1].width > 200  # the last diagram has every trial
+    assert len({i.step for i in live}) >= 2  # and it filled in while the sweep ran
+
+    status = CliRunner().invoke(main, ["status", str(out)])
+    assert status.exit_code == 0 and "done 32 |" in status.output and "errored 0" in status.output
+
+    # launching again: nothing is trained, the tables are rewritten with the same rows
+    before = statuses(out)
+    again = CliRunner().invoke(main, ["launch", str(ROOT / "grids" / "smoke.yaml"), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert statuses(out) == before
+    assert len(pd.read_parquet(out / "results" / "trials")) == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL of the driver mid-sweep, then resume
+# ---------------------------------------------------------------------------------------------
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of session SID (the driver, its Ray daemons and workers; nobody else's)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # fields after the name: state ppid pgrp session ...
+                pids.append(int(d.name))
+    return pids
+
+
+def reap_session(sid: int, grace_s: float = 20.0) -> list[int]:
+    """Wait for session SID to empty; SIGKILL (by PID) what is left after the grace period."""
+    deadline = time.time() + grace_s
+    while session_pids(sid) and time.time() < deadline:
+        time.sleep(0.5)
+    left = session_pids(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def run_driver(grid: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ray_grok.cli", "launch", str(grid), "--out", str(out)],
+                            env={**os.environ, **RAY_ENV}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_sweep_resumes_without_retraining_finished_trials(tmp_path):
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 800},
+            "eval": {"every": 100, "batches": 1}, "checkpoint": {"every": 100}}
+    grid = write_grid(tmp_path / "kill.yaml", base=base, axes={"model.depth": [1, 2], "task.n_id": [4, 8]},
+                      seeds=2)
+    out = tmp_path / "run"
+    driver = run_driver(grid, out)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (out / "plan.json").exists():
+            st = statuses(out)
+            done = [t for t, s in st.items() if s["state"] == "done"]
+            mid = [t for t, s in st.items() if s["state"] == "running" and s["step"] >= 100]
+            if len(done) >= 2 and mid:
+                break
+        assert driver.poll() is None, driver.stdout.read()
+    else:
+        pytest.fail("no trials finished within 120 s")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished_before = {t: s for t, s in statuses(out).items() if s["state"] == "done"}
+    plan = read_plan(out)
+    dirs = {e.trial_id: out / e.dir for e in plan.entries}
+    metrics_mtime = {t: (dirs[t] / "metrics.parquet").stat().st_mtime_ns for t in finished_before}
+    reap_session(driver.pid)
+    assert not session_pids(driver.pid), "Ray processes of the killed driver are left"
+
+    st = sweep_status(out)
+    assert not st.alive and st.counts["interrupted"] >= 1 and st.counts["done"] >= 2
+    assert "resume with" in format_status(st)
+
+    again = run_driver(grid, out)
+    output, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, output
+    assert "resuming kill" in output
+    assert not reap_session(again.pid, grace_s=30), "Ray processes left after a normal exit"
+
+    trials = pd.read_parquet(out / "results" / "trials")
+    assert sorted(trials["trial_id"]) == sorted(plan.ids) and set(trials["status"]) == {"done"}
+    curves = pd.read_parquet(out / "results" / "curves")
+    assert not curves.duplicated(["trial_id", "step"]).any()
+    assert (curves.groupby("trial_id").size() == 9).all()  # 1, 100, ..., 800: none lost or doubled
+    # finished trials were not trained again: their files are untouched
+    after = statuses(out)
+    for t, s in finished_before.items():
+        assert after[t] == s
+        assert (dirs[t] / "metrics.parquet").stat().st_mtime_ns == metrics_mtime[t]
+    # an interrupted trial continued from its own checkpoint
+    logs = "".join((d / "train.log").read_text() for d in dirs.values())
+    assert "from step" in logs and "resuming" in logs
+
+
+# ---------------------------------------------------------------------------------------------
+# Failing trials: retried up to max_failures, then errored with the message; others finish
+# ---------------------------------------------------------------------------------------------
+
+def test_failing_trial_is_retried_then_errored_while_others_finish(tmp_path):
+    # lr 1e12 makes the loss non-finite within 10 steps: a real failure, not an injected one
+    train = {k: v for k, v in TINY_BASE["train"].items() if k != "lr"}
+    base = {**TINY_BASE, "task": {**TINY_BASE["task"], "n_id": 4}, "train": train,
+            "runtime": {"device": "cpu", "log_every": 10}}
+    grid = write_grid(tmp_path / "nan.yaml", base=base, axes={"train.lr": [3e-3, 1e12], "model.depth": [1, 2]},
+                      seeds=1)
+    out = tmp_path / "run"
+    messages: list[str] = []
+    outcome = launch(resolve(grid, out, resume=False), echo=messages.append)
+    assert outcome.counts == {"done": 2, "failed": 2}
+    assert outcome.errored == 2
+    plan = read_plan(out)
+    bad = [e for e in plan.entries if e.coords["train.lr"] == 1e12]
+    for e in bad:
+        attempts = json.loads((out / e.dir / "attempts.json").read_text())
+        assert attempts["attempts"] == 2  # max_failures = 1: one retry
+        status = json.loads((out / e.dir / "status.json").read_text())
+        assert status["state"] == "failed" and "non-finite" in status["error"]
+    assert any("errored after" in m and "non-finite" in m for m in messages)
+
+    result = CliRunner().invoke(main, ["status", str(out)])
+    assert result.exit_code == 0
+    assert "done 2" in result.output and "errored 2" in result.output
+    assert "non-finite" in result.output and bad[0].trial_id in result.output
+
+    trials = pd.read_parquet(out / "results" / "trials").set_index("trial_id")
+    assert (trials.loc[[e.trial_id for e in bad], "status"] == "failed").all()
+
+    # a resumed sweep retries the errored trials (and only them); the CLI exits non-zero
+    done_before = {t: s for t, s in statuses(out).items() if s["state"] == "done"}
+    result = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
+    assert result.exit_code == 1 and "2 trials errored" in result.output
+    for e in bad:
+        assert json.loads((out / e.dir / "attempts.json").read_text())["attempts"] >= 3
+    assert {t: s for t, s in statuses(out).items() if s["state"] == "done"} == done_before
