@@ -5,18 +5,21 @@ classify_trials, phase_table and plot_all (3 phase diagrams, accuracy heat maps,
 training curves of the default cells) and prints seconds per part. Goal: under 10 s in total on
 a 2-core CPU machine. Building the tables is not timed (it stands in for reading Parquet).
 
-Run from the repository root: python -m benchmarks.aggregate_plots [--trials N] [--evals M]
+Run: python benchmarks/aggregate.py [--trials N] [--evals M]
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic sweep builder
+
 from ray_grok.phases import PhaseRule, classify_trials, phase_table
 from ray_grok.plots import plot_all
-from tests.synthetic import sweep
+from synthetic import sweep  # noqa: E402
 
 GOAL_S = 10.0
 
