@@ -97,9 +97,7 @@ def _trial_row(run_dir: Path, entry: PlanEntry) -> tuple[dict, pa.Table | None]:
     state = trial_state(run_dir, entry)
     metrics_path = out / METRICS_FILE
     metrics = pq.read_table(metrics_path) if metrics_path.exists() else None
-    evals = metrics.to_pylist() if metrics is not None else []
-    final = evals[-1] if evals else None
-    best = _best_row(evals, state.status.get("best_step"), cfg.checkpoint.monitor)
+    final, best = _final_and_best(metrics, state.status.get("best_step"), cfg.checkpoint.monitor)
     wall = None if state.state == PENDING else state.status.get("wall_time", final["wall_time"] if final else None)
     row = {
         "trial_id": entry.trial_id,
@@ -115,18 +113,20 @@ def _trial_row(run_dir: Path, entry: PlanEntry) -> tuple[dict, pa.Table | None]:
     return row, metrics
 
 
-def _best_row(evals: list[dict], best_step: int | None, monitor: str) -> dict | None:
-    """The evaluation at status.json's best_step, else the one that maximizes the monitor
-    (minimizes it for a loss); None before the first evaluation."""
-    if not evals:
-        return None
-    if best_step is not None and best_step >= 0:
-        for r in evals:
-            if r["step"] == best_step:
-                return r
-    finite = [r for r in evals if r[monitor] is not None and not math.isnan(r[monitor])]
+def _final_and_best(metrics: pa.Table | None, best_step: int | None, monitor: str) -> tuple[dict | None, dict | None]:
+    """The last evaluation, and the one at status.json's best_step, else the one that maximizes
+    the monitor (minimizes it for a loss); None before the first evaluation. Only those two rows
+    are converted to Python: a whole table per trial would dominate aggregation time."""
+    if metrics is None or not metrics.num_rows:
+        return None, None
+    row = lambda i: metrics.slice(i, 1).to_pylist()[0]  # noqa: E731
+    steps = metrics.column("step").to_pylist()
+    final = row(len(steps) - 1)
+    if best_step is not None and best_step >= 0 and best_step in steps:
+        return final, row(steps.index(best_step))
+    values = metrics.column(monitor).to_pylist()
+    finite = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
     if not finite:
-        return None
+        return final, None
     pick = min if monitor.endswith("_loss") else max
-    return pick(finite, key=lambda r: r[monitor])
-
+    return final, row(pick(finite, key=lambda i: values[i]))

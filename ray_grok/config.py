@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -154,7 +155,9 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    # cached: resolving annotations costs more than building the config (aggregation builds thousands)
     return typing.get_type_hints(cls)
 
 
