@@ -1,0 +1,187 @@
+#!/bin/bash
+# slurm-up.sh - bring up a real single-node Slurm on this Debian/Ubuntu machine, without systemd:
+# for trying ray-grok's Slurm path on one box (cluster/dev-slurm.yaml) and for CI.
+#
+#   sudo cluster/dev/slurm-up.sh            # about 15 s the first time (apt), under 2 s after
+#   sinfo; srun hostname; sbatch --gpus-per-node=1 --wrap 'echo $CUDA_VISIBLE_DEVICES'
+#   sudo cluster/dev/slurm-down.sh          # stop it (PURGE=1 also wipes its state)
+#
+# What it does, each step skipped when already done (so it is safe to run again):
+#   1. installs munge and Slurm from the distribution's packages (services are not started by apt)
+#   2. creates a munge key and starts munged
+#   3. writes /etc/slurm/slurm.conf for this host (CPUs and memory as slurmd detects them) with short
+#      scheduler intervals, and a gres.conf with one fake GPU (File=/dev/null) so that jobs asking
+#      --gpus-per-node=1 schedule and see CUDA_VISIBLE_DEVICES=0
+#   4. installs the sacct stand-in (no accounting database here) as /usr/local/bin/sacct
+#   5. starts slurmctld and slurmd by hand (a changed config restarts them) and waits until the
+#      node is idle
+# Daemons are tracked by PID files under $LAB/run; nothing is ever stopped by process name.
+# Must run as root. Environment:
+#   LAB=/tmp/ray-grok-slurm   state, logs and PID files
+#   FAKE_GPU=1                0: no GPU gres
+#   SACCT_SHIM=1              0: do not install the sacct stand-in
+#   SLURM_PKGS="slurmctld slurmd slurm-client munge"
+set -euo pipefail
+LAB=${LAB:-/tmp/ray-grok-slurm}
+FAKE_GPU=${FAKE_GPU:-1}
+SACCT_SHIM=${SACCT_SHIM:-1}
+SLURM_PKGS=${SLURM_PKGS:-"slurmctld slurmd slurm-client munge"}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+since() { local d=$(($(now_ms) - $1)); printf '%d.%01d' $((d / 1000)) $((d % 1000 / 100)); }
+say() { echo "[slurm-up] $*"; }
+# true if the PID in pidfile $1 is alive and its command name is $2
+running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && [ "$(cat /proc/"$(cat "$1")"/comm 2>/dev/null)" = "$2" ]; }
+
+[ "$(id -u)" = 0 ] || { say "must run as root (it installs packages and starts daemons)"; exit 1; }
+T_ALL=$(now_ms)
+mkdir -p "$LAB"/{spool/ctld,spool/d,log,run,bin}
+
+# --- 1. packages ---------------------------------------------------------------------------------
+T=$(now_ms)
+# shellcheck disable=SC2086
+if ! dpkg -s $SLURM_PKGS >/dev/null 2>&1; then
+  # no systemd: keep the packages' maintainer scripts from starting (and failing to start) services
+  ADDED_POLICY=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; ADDED_POLICY=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$LAB/log/apt.log" 2>&1 || { tail -20 "$LAB/log/apt.log"; exit 1; }
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $SLURM_PKGS >>"$LAB/log/apt.log" 2>&1 \
+    || { tail -20 "$LAB/log/apt.log"; exit 1; }
+  [ "$ADDED_POLICY" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  say "installed $SLURM_PKGS in $(since "$T") s (log: $LAB/log/apt.log)"
+else
+  say "packages already installed"
+fi
+say "$(slurmd -V), $(munged --version 2>&1 | head -1)"
+
+# --- 2. munge (systemd would create /run/munge; we do it by hand) ---------------------------------
+T=$(now_ms)
+install -d -o munge -g munge -m 0755 /run/munge
+install -d -o munge -g munge -m 0700 /etc/munge /var/log/munge
+install -d -o munge -g munge -m 0711 /var/lib/munge
+if [ ! -s /etc/munge/munge.key ]; then
+  if command -v mungekey >/dev/null; then mungekey --create --keyfile=/etc/munge/munge.key
+  else dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none; fi
+  say "created /etc/munge/munge.key"
+fi
+chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
+if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+  say "munged already running"
+else
+  runuser -u munge -- /usr/sbin/munged --force   # --force: a dead munged may have left its socket
+  for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
+  munge -n | unmunge >/dev/null || { say "munge self-test failed"; exit 1; }
+  say "started munged (pid $(cat /run/munge/munged.pid)) in $(since "$T") s"
+fi
+
+# --- 3. configuration ------------------------------------------------------------------------------
+H=$(hostname -s)
+# the node's CPUs, topology and memory exactly as slurmd detects them (needs no slurm.conf)
+eval "$(slurmd -C | head -1 | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore|RealMemory)=')"
+GRES_NODE=""; GRES_TYPES=""
+if [ "$FAKE_GPU" = 1 ]; then GRES_NODE=" Gres=gpu:1"; GRES_TYPES="GresTypes=gpu"; fi
+NEW=$(mktemp)
+cat > "$NEW" <<EOF
+# Single-node Slurm for trying ray-grok on one machine and for CI: no systemd, no cgroups, no
+# accounting database. Generated by ray-grok's cluster/dev/slurm-up.sh; rerun it after editing.
+ClusterName=raygrokdev
+SlurmctldHost=${H}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=cred_expire=10
+MpiDefault=none
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+# short intervals so that new and requeued jobs start within seconds
+SchedulerParameters=bf_interval=5,sched_interval=5
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+${GRES_TYPES}
+# seconds between SIGTERM and SIGKILL when a job is cancelled or ends (ray-grok stops Ray in this time)
+KillWait=30
+# finished jobs stay visible to scontrol (and to the sacct stand-in) this long
+MinJobAge=300
+ReturnToService=2
+StateSaveLocation=${LAB}/spool/ctld
+SlurmdSpoolDir=${LAB}/spool/d
+SlurmctldPidFile=${LAB}/run/slurmctld.pid
+SlurmdPidFile=${LAB}/run/slurmd.pid
+SlurmctldLogFile=${LAB}/log/slurmctld.log
+SlurmdLogFile=${LAB}/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+NodeName=${H} NodeAddr=127.0.0.1 CPUs=${CPUs} Boards=${Boards} SocketsPerBoard=${SocketsPerBoard} CoresPerSocket=${CoresPerSocket} ThreadsPerCore=${ThreadsPerCore} RealMemory=${RealMemory}${GRES_NODE} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+CHANGED=0
+mkdir -p /etc/slurm
+if ! cmp -s "$NEW" /etc/slurm/slurm.conf; then install -m 0644 "$NEW" /etc/slurm/slurm.conf; CHANGED=1; fi
+rm -f "$NEW"
+if [ "$FAKE_GPU" = 1 ]; then
+  # a GPU gres needs a device File (without one the node drains); /dev/null is accepted
+  GRES=$(printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/null' "$H")
+  if [ "$GRES" != "$(cat /etc/slurm/gres.conf 2>/dev/null)" ]; then echo "$GRES" > /etc/slurm/gres.conf; CHANGED=1; fi
+elif [ -e /etc/slurm/gres.conf ]; then
+  rm -f /etc/slurm/gres.conf; CHANGED=1
+fi
+say "config: node $H CPUs=$CPUs RealMemory=${RealMemory}MB fake_gpu=$FAKE_GPU ($([ $CHANGED = 1 ] && echo written || echo unchanged): /etc/slurm/slurm.conf)"
+
+# --- 4. sacct stand-in -----------------------------------------------------------------------------
+# Without slurmdbd the real sacct fails, and submitit (which polls sacct) never sees a job end.
+if [ "$SACCT_SHIM" = 1 ]; then
+  install -m 0755 "$HERE/sacct" "$LAB/bin/sacct"
+  if [ -e /usr/local/bin/sacct ] && [ "$(readlink /usr/local/bin/sacct)" != "$LAB/bin/sacct" ]; then
+    say "WARNING: /usr/local/bin/sacct exists and is not ours; left alone (put $LAB/bin first on PATH)"
+  else
+    ln -sfn "$LAB/bin/sacct" /usr/local/bin/sacct
+    say "sacct stand-in: /usr/local/bin/sacct -> $LAB/bin/sacct"
+  fi
+fi
+
+# --- 5. daemons ------------------------------------------------------------------------------------
+T=$(now_ms)
+if [ "$CHANGED" = 1 ]; then
+  for d in slurmd slurmctld; do
+    if running "$LAB/run/$d.pid" "$d"; then
+      p=$(cat "$LAB/run/$d.pid"); kill -TERM "$p"
+      for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      say "stopped $d ($p) for the config change"
+    fi
+  done
+fi
+STARTED=""
+if ! running "$LAB/run/slurmctld.pid" slurmctld; then /usr/sbin/slurmctld; STARTED="$STARTED slurmctld"; fi  # daemonizes
+for _ in $(seq 50); do running "$LAB/run/slurmctld.pid" slurmctld && break; sleep 0.1; done
+if ! running "$LAB/run/slurmd.pid" slurmd; then /usr/sbin/slurmd; STARTED="$STARTED slurmd"; fi
+for _ in $(seq 50); do running "$LAB/run/slurmd.pid" slurmd && break; sleep 0.1; done
+say "${STARTED:+started$STARTED; }slurmctld pid $(cat "$LAB/run/slurmctld.pid"), slurmd pid $(cat "$LAB/run/slurmd.pid")"
+
+# --- 6. wait for the node --------------------------------------------------------------------------
+ST=""
+for _ in $(seq 300); do
+  ST=$(sinfo -h -n "$H" -o '%T' 2>/dev/null || true)
+  case "$ST" in
+    idle|mixed|allocated|completing) break ;;
+    drain*|down*) scontrol update nodename="$H" state=resume 2>/dev/null || true ;;  # left from an earlier run
+  esac
+  sleep 0.2
+done
+if [[ ! "$ST" =~ ^(idle|mixed|allocated|completing)$ ]]; then
+  say "node not usable: '$ST'"; sinfo -R; tail -20 "$LAB/log/slurmctld.log" "$LAB/log/slurmd.log"; exit 1
+fi
+say "node $H is $ST after $(since "$T") s; total $(since "$T_ALL") s"
+sinfo -o '%P %a %l %D %T %N %G'
+say "logs: $LAB/log; stop with: $HERE/slurm-down.sh (LAB=$LAB)"

@@ -1,0 +1,388 @@
+"""Cluster profiles: where a sweep runs. `cluster/local.yaml` (the default: a local Ray) or a Slurm
+allocation (`cluster/slurm-example.yaml`, `cluster/dev-slurm.yaml`), loaded and validated as a whole.
+
+    kind: slurm
+    partition: gpu
+    nodes: 2                  # one Ray node per Slurm task: head on the first, workers on the rest
+    gpus_per_node: 4
+    cpus_per_task: 32
+    time: "24:00:00"          # or minutes: 1440
+    storage_root: /shared/$USER/ray-grok   # run directories live here, seen by every node
+    ray: {object_store_mb: 4096}
+
+Every error names the file, the key and the value; an unknown key is listed with the valid ones.
+Nothing here imports Ray or submitit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+
+from .config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
+
+# Ray appends about 63 characters to its temp dir for socket paths, and AF_UNIX paths stop at 107
+# bytes; the per-job temp dir is TEMP_ROOT/rgUID-JOBID-RANK, so TEMP_ROOT has to stay short.
+MAX_TEMP_ROOT_CHARS = 16
+PORT_CEILING = 32768  # Linux hands out ephemeral ports from 32768 up: stay below them
+FIXED_PORTS = 16  # per Ray node: GCS, client server, dashboard, agents, node/object manager, ...
+MEM_RE = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
+# sbatch options the profile sets itself: give them as profile keys, not in sbatch_extra
+MANAGED_SBATCH = {
+    "partition", "account", "qos", "nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "gpus-per-node",
+    "mem", "time", "signal", "output", "error", "job-name", "open-mode", "requeue",
+}
+
+
+class ProfileError(ConfigError):
+    """A cluster profile is not valid; the message names the file, the key and the value."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RaySettings:
+    """How each Ray node inside a Slurm job is started (one Ray node per Slurm task)."""
+
+    object_store_mb: int = doc("object store per Ray node in MiB (lives in /dev/shm; Ray's default "
+                               "is 30% of RAM); ray-grok passes no large objects", 2048)
+    port_base: int = doc("first port of the blocks Ray nodes take (GCS, agents, workers); a block "
+                         "is chosen from the job id, so jobs sharing a node do not collide", 20000)
+    worker_ports: int = doc("ports per Ray node for worker processes (one per worker)", 240)
+    dashboard: bool = doc("start Ray's dashboard on the head, bound to 127.0.0.1 only (reach it "
+                          "with an SSH tunnel; needs ray[default])", False)
+    temp_root: str = doc(f"node-local root of the per-job Ray temp dirs; at most {MAX_TEMP_ROOT_CHARS} "
+                         "characters (AF_UNIX socket paths stop at 107 bytes)", "/tmp")
+    interface: str | None = doc("network interface whose IPv4 address Ray nodes announce (e.g. ib0); "
+                                "null: the default route's, else the one the hostname resolves to", None)
+    join_timeout_s: float = doc("seconds the head waits for every worker to join before failing", 300.0)
+    stop_timeout_s: float = doc("seconds Ray gets to stop on exit or SIGTERM before it is killed "
+                                "(keep it under Slurm's KillWait, usually 30 s)", 15.0)
+
+    @property
+    def ports_per_node(self) -> int:
+        return FIXED_PORTS + self.worker_ports
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalProfile:
+    """Ray on this machine, started by the sweep itself."""
+
+    kind: Literal["local"] = doc("local: a Ray on this machine (the default); slurm: a Slurm job", "local")
+    storage_root: str | None = doc("where run directories go (RUN_DIR = storage_root/<grid name>); "
+                                   "null: runs/ under the current directory", None)
+    source: str = field(default="", compare=False, metadata={"internal": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmProfile:
+    """One Slurm job of `nodes` x `tasks_per_node` tasks; task 0 runs the Ray head and the sweep driver."""
+
+    kind: Literal["slurm"] = doc("local: a Ray on this machine (the default); slurm: a Slurm job", "slurm")
+    storage_root: str = doc("absolute path on a file system every node sees; RUN_DIR = "
+                            "storage_root/<grid name>; ~ and $VARS are expanded on the login node", "")
+    partition: str | None = doc("sbatch --partition (null: the cluster's default)", None)
+    account: str | None = doc("sbatch --account", None)
+    qos: str | None = doc("sbatch --qos", None)
+    nodes: int = doc("nodes in the job (sbatch --nodes)", 1)
+    tasks_per_node: int = doc("Slurm tasks (= Ray nodes) per node; 1 on real clusters, 2 to try a "
+                              "2-node Ray on one machine", 1)
+    gpus_per_node: int = doc("GPUs per node (sbatch --gpus-per-node); split between the node's tasks", 0)
+    cpus_per_task: int = doc("CPUs per task (sbatch --cpus-per-task); Ray's --num-cpus", 1)
+    mem: str | None = doc("memory per node (sbatch --mem), e.g. 64G; null: the partition's default", None)
+    time: str = doc("time limit: minutes (90) or [D-]HH:MM:SS ('1-00:00:00'); the job checkpoints and "
+                    "requeues itself before it", "60")
+    signal_delay_s: int = doc("seconds before the time limit when Slurm warns the job (USR2); Slurm may "
+                              "signal up to 60 s earlier", 120)
+    max_requeues: int = doc("how many times the job requeues itself at its time limit", 10)
+    setup: tuple[str, ...] = doc("shell lines run before the tasks start (module load, environment "
+                                 "activation)", ())
+    sbatch_extra: tuple[tuple[str, Any], ...] = doc(
+        "more sbatch options: a mapping {option: value} (true for a flag, e.g. exclusive: true) or a "
+        "list of '--option=value' strings; options the profile sets itself are refused", ())
+    python: str | None = doc("command that runs Python on the nodes (null: the interpreter running "
+                            "ray-grok on the login node)", None)
+    job_name: str = doc("sbatch --job-name", "ray-grok")
+    ray: RaySettings = field(default_factory=RaySettings)
+    source: str = field(default="", compare=False, metadata={"internal": True})
+
+    @property
+    def time_min(self) -> int:
+        return parse_time_min(self.time)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+Profile = Union[LocalProfile, SlurmProfile]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+class _ProfileLoader(yaml.SafeLoader):
+    """YAML 1.1 reads an unquoted 01:30:00 as the base-60 integer 5400; a time limit must stay text."""
+
+
+_ProfileLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ProfileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?(?:0|[1-9][0-9_]*))$"),
+    list("-+0123456789"))
+_ProfileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+KINDS: dict[str, type] = {"local": LocalProfile, "slurm": SlurmProfile}
+
+
+def parse_time_min(value: str | int) -> int:
+    """A Slurm time limit in whole minutes (rounded up): 90, '90', '1:30:00', '2-00:00:00', '30:00'
+    (sbatch reads M:SS as minutes:seconds) or '1-12' (days-hours). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        minutes = value
+    else:
+        text = str(value).strip()
+        if text.isdigit():
+            minutes = int(text)
+        else:
+            m = re.fullmatch(r"(\d+)-(\d+)(?::(\d+))?(?::(\d+))?", text)  # D-H[:M[:S]]
+            if m:
+                d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+            else:
+                parts = text.split(":")
+                if not all(p.isdigit() for p in parts) or len(parts) not in (2, 3):
+                    raise ValueError(value)
+                d = 0
+                h, mi, s = ([0] if len(parts) == 2 else []) + [int(p) for p in parts]  # M:S or H:M:S
+            minutes = d * 1440 + h * 60 + mi + (1 if s else 0)
+    if minutes < 1:
+        raise ValueError(value)
+    return minutes
+
+
+def describe_profile_keys(kind: str = "slurm") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every key a profile of this kind may hold."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            if f.name == "ray" and cls is SlurmProfile:
+                walk(RaySettings, "ray.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+
+    walk(KINDS[kind], "")
+    return rows
+
+
+def _check_value(src: str, key: str, value: Any, hint: Any) -> Any:
+    """One leaf value against its annotation: Literal, bool, int, float, str, `X | None`, tuple[str, ...]."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    if origin is tuple and typing.get_args(hint) == (str, Ellipsis):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ProfileError(f"{src}: {key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if value is None:
+        raise ProfileError(f"{src}: {key} must not be null")
+    if key == "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # minutes given as a number; checked by parse_time_min like text
+    try:
+        return _coerce(key, value, hint)
+    except ConfigError as exc:
+        raise ProfileError(f"{src}: {exc}") from None
+
+
+def _sbatch_extra(src: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    """{option: value} or ['--option=value', '--flag'] -> ((option, value), ...), options without '--'."""
+    key = "sbatch_extra"
+    pairs: list[tuple[str, Any]] = []
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise ProfileError(f"{src}: {key} option names must be strings, got {k!r}")
+            if not (isinstance(v, (str, int, float)) or v is True):
+                raise ProfileError(f"{src}: {key}.{k} must be a string, a number or true (a flag), got {v!r}")
+            pairs.append((k.lstrip("-"), v))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if not isinstance(item, str) or not item.startswith("--") or len(item) < 3:
+                raise ProfileError(f"{src}: {key} entries must look like '--option=value' or '--flag', got {item!r}")
+            name, eq, val = item[2:].partition("=")
+            pairs.append((name, val if eq else True))
+    else:
+        raise ProfileError(f"{src}: {key} must be a mapping {{option: value}} or a list of '--option=value', "
+                           f"got {value!r}")
+    for name, _ in pairs:
+        option = name.replace("_", "-")
+        if option in MANAGED_SBATCH:
+            key_ = "tasks_per_node" if option.startswith("ntasks") else option.replace("-", "_")
+            raise ProfileError(f"{src}: {key} sets --{option}, which the profile manages: use the profile key "
+                               f"{key_} instead")
+    return tuple(pairs)
+
+
+def _build(src: str, cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields_]
+    if unknown:
+        kind = "local" if cls is LocalProfile else "slurm"
+        valid = [k for k, _, _ in describe_profile_keys(kind) if k.startswith(prefix)]
+        where = "in the ray section" if prefix else f"for kind {kind}"
+        raise ProfileError(f"{src}: unknown key {prefix}{unknown[0]} {where}; valid keys: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name == "ray":
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ProfileError(f"{src}: ray must be a mapping of its keys, got {value!r}")
+            kwargs[name] = _build(src, RaySettings, value, "ray.")
+        elif name == "sbatch_extra":
+            kwargs[name] = _sbatch_extra(src, value)
+        else:
+            kwargs[name] = _check_value(src, key, value, hints[name])
+    if cls is not RaySettings:
+        kwargs["source"] = src
+    return cls(**kwargs)
+
+
+def _expand_path(src: str, key: str, value: str) -> str:
+    """~ and $VAR / ${VAR}; USER falls back to the login name (unset in some batch and CI shells)."""
+    env = {"USER": getpass.getuser(), **os.environ}
+    missing: list[str] = []
+
+    def var(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            missing.append(name)
+            return m.group(0)
+        return env[name]
+
+    expanded = os.path.expanduser(re.sub(r"\$(?:\{(\w+)\}|(\w+))", var, value))
+    if missing:
+        raise ProfileError(f"{src}: {key} uses the unset environment variable ${missing[0]}: {value!r}")
+    return expanded
+
+
+def profile_from_dict(data: Mapping[str, Any], source: str = "<profile>") -> Profile:
+    """Build and validate a profile from a mapping (what a cluster/*.yaml file holds)."""
+    src = source
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"{src}: a profile must be a mapping of keys, got {type(data).__name__}")
+    kind = data.get("kind", "local")
+    if kind not in KINDS:
+        raise ProfileError(f"{src}: kind must be one of {list(KINDS)}, got {kind!r}")
+    data = dict(data)
+    if "storage_root" in data and isinstance(data["storage_root"], str):
+        data["storage_root"] = _expand_path(src, "storage_root", data["storage_root"])
+    profile = _build(src, KINDS[kind], data, "")
+    validate_profile(profile)
+    return profile
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a cluster/*.yaml profile; errors name the file, the key and the value."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"cluster profile {path} does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_ProfileLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    return profile_from_dict(data if data is not None else {}, str(path))
+
+
+def validate_profile(p: Profile) -> None:
+    src = p.source or "<profile>"
+
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ProfileError(f"{src}: {key} must be {allowed}, got {value!r}")
+
+    if isinstance(p, LocalProfile):
+        if p.storage_root is not None and not p.storage_root.strip():
+            fail("storage_root", p.storage_root, "a directory (or null)")
+        return
+    if not p.storage_root:
+        fail("storage_root", p.storage_root, "set: an absolute path on a file system every node sees")
+    if not os.path.isabs(p.storage_root):
+        fail("storage_root", p.storage_root, "an absolute path (on a file system every node sees)")
+    for key in ("partition", "account", "qos", "job_name"):
+        value = getattr(p, key)
+        if value is not None and (not value or re.search(r"\s", value)):
+            fail(key, value, "a non-empty name without spaces")
+    if p.nodes < 1:
+        fail("nodes", p.nodes, ">= 1")
+    if p.tasks_per_node < 1:
+        fail("tasks_per_node", p.tasks_per_node, ">= 1")
+    if p.gpus_per_node < 0:
+        fail("gpus_per_node", p.gpus_per_node, ">= 0")
+    if p.cpus_per_task < 1:
+        fail("cpus_per_task", p.cpus_per_task, ">= 1")
+    if p.mem is not None and not MEM_RE.match(p.mem):
+        fail("mem", p.mem, "a size like 64G, 500M or 128000 (MB)")
+    try:
+        minutes = parse_time_min(p.time)
+    except ValueError:
+        fail("time", p.time, "minutes (90) or [D-]HH:MM:SS ('1:30:00', '2-00:00:00')")
+    if p.signal_delay_s < 0:
+        fail("signal_delay_s", p.signal_delay_s, ">= 0")
+    if p.signal_delay_s >= minutes * 60:
+        fail("signal_delay_s", p.signal_delay_s, f"less than the time limit ({minutes} min = {minutes * 60} s)")
+    if p.max_requeues < 0:
+        fail("max_requeues", p.max_requeues, ">= 0")
+    if p.python is not None and not p.python.strip():
+        fail("python", p.python, "a command (or null)")
+    r = p.ray
+    if r.object_store_mb < 80:
+        fail("ray.object_store_mb", r.object_store_mb, ">= 80 (Ray's minimum is 75 MiB)")
+    if r.worker_ports < 8:
+        fail("ray.worker_ports", r.worker_ports, ">= 8")
+    need = p.tasks_per_node * r.ports_per_node
+    if not 1024 <= r.port_base <= PORT_CEILING - need:
+        fail("ray.port_base", r.port_base, f"in [1024, {PORT_CEILING - need}] (tasks_per_node x "
+             f"{r.ports_per_node} ports per Ray node must fit below {PORT_CEILING}, where ephemeral ports start)")
+    if not os.path.isabs(r.temp_root) or len(r.temp_root) > MAX_TEMP_ROOT_CHARS:
+        fail("ray.temp_root", r.temp_root, f"an absolute path of at most {MAX_TEMP_ROOT_CHARS} characters "
+             "(Ray's socket paths under it must stay below 107 bytes)")
+    if r.interface is not None and not re.fullmatch(r"[\w.:@-]+", r.interface):
+        fail("ray.interface", r.interface, "a network interface name like ib0 (or null)")
+    if r.join_timeout_s <= 0:
+        fail("ray.join_timeout_s", r.join_timeout_s, "> 0")
+    if r.stop_timeout_s <= 0:
+        fail("ray.stop_timeout_s", r.stop_timeout_s, "> 0")
+
+
+def run_dir_for(profile: Profile, name: str) -> Path:
+    """The run directory of a grid named `name` under this profile's storage root."""
+    root = profile.storage_root
+    return (Path(root) if root else Path("runs")).resolve() / name
