@@ -10,6 +10,7 @@
                          train.log written by the sweep layer
       tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors)
       results/trials/part-0.parquet, results/curves/part-0.parquet   (`ray-grok aggregate`)
+      slurm/jobs.jsonl   the Slurm jobs `launch --cluster` submitted; slurm/JOB/ their logs and Ray files
 
 Nothing here imports Ray: `status` and `aggregate` work from the files, anywhere they are visible.
 """
@@ -36,6 +37,7 @@ RESULTS_DIR = "results"
 ATTEMPTS_FILE = "attempts.json"
 LOG_FILE = "train.log"
 PENDING = "pending"  # no status.json yet: the trial never started
+SLURM_JOBS_FILE = "slurm/jobs.jsonl"  # one line per Slurm job submitted for the sweep
 HEARTBEAT_S = 10.0  # the driver rewrites sweep.json this often
 
 
@@ -257,3 +259,11 @@ def driver_alive(driver: dict, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     return now - driver.get("updated", 0) < max(60.0, 6 * driver.get("heartbeat_s", HEARTBEAT_S))
 
+
+
+def slurm_jobs(run_dir: Path) -> list[dict]:
+    """The Slurm jobs `ray-grok launch --cluster` submitted for this sweep: job_id, profile, submitted."""
+    path = Path(run_dir) / SLURM_JOBS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

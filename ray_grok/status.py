@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rundir import PENDING, TrialState, driver_alive, read_driver, read_plan, trial_states
+from .rundir import PENDING, TrialState, driver_alive, read_driver, read_plan, slurm_jobs, trial_states
 from .schema import DONE, FAILED, RUNNING
 
 INTERRUPTED = "interrupted"  # status.json says running but no driver is alive
@@ -94,8 +94,14 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
     ]
     left = st.total - st.counts[DONE] - st.counts[ERRORED]
+    jobs = slurm_jobs(st.run_dir)
+    if jobs:
+        last = jobs[-1]
+        lines.append(f"  Slurm: {len(jobs)} job(s) submitted, the last {last['job_id']} with {last['profile']}; "
+                     f"its logs in {st.run_dir / 'slurm' / str(last['job_id'])}")
     if not st.alive and left:
-        lines.append(f"  {left} trials unfinished: resume with `ray-grok launch --resume --out {st.run_dir}`")
+        cluster = f" --cluster {jobs[-1]['profile']}" if jobs else ""
+        lines.append(f"  {left} trials unfinished: resume with `ray-grok launch --resume --out {st.run_dir}{cluster}`")
     if st.errored:
         lines.append(f"errored trials ({len(st.errored)}):")
         for s in st.errored[:max_errors]:
