@@ -186,8 +186,10 @@ def run_one(out: Path, trial_id: str, cpus: float) -> None:
         def echo(line: str) -> None:
             logf.write(line + "\n")
 
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it gave this trial (the same one for trials
+        # that share a GPU through fractional resources)
         echo(f"== {trial_id}: attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} on "
-             f"{socket.gethostname()} (pid {os.getpid()})"
+             f"{socket.gethostname()} (pid {os.getpid()}, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
              + (f"; Tune restored it from its marker at step {_marker_step(marker)}" if marker else ""))
 
         def reporter(row: dict, *, checkpointed: bool, step: int) -> None:

@@ -241,3 +241,33 @@ def test_failing_trial_is_retried_then_errored_while_others_finish(tmp_path):
     for e in bad:
         assert json.loads((out / e.dir / "attempts.json").read_text())["attempts"] >= 3
     assert {t: s for t, s in statuses(out).items() if s["state"] == "done"} == done_before
+
+
+def test_fractional_gpus_pack_two_trials_on_one_gpu(tmp_path):
+    """resources.gpu 0.5 on a Ray node with one GPU: two trials run at the same time, both on GPU 0.
+    The GPU is declared to Ray (this machine has none) and the trials train on the CPU: what is
+    checked is Ray's placement, which is all ray-grok adds for GPUs beyond the device choice."""
+    import ray
+
+    from ray_grok.sweep import concurrent_slots
+
+    grid = write_grid(tmp_path / "frac.yaml", axes={"task.n_id": [8], "seed": [0, 1]}, resources={"cpu": 1, "gpu": 0.5},
+                      base={**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 400},
+                            "runtime": {**TINY_BASE["runtime"], "device": "auto"}})  # cpu: no CUDA here
+    plan = resolve(grid, tmp_path / "run", resume=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=RAY_TMP, object_store_memory=100 * 2**20)
+    try:
+        assert concurrent_slots(plan.spec) == 2
+        outcome = launch(plan, echo=lambda line: None)
+    finally:
+        ray.shutdown()
+    assert outcome.complete, outcome
+    spans = []
+    for e in read_plan(plan.run_dir).entries:
+        header = (plan.run_dir / e.dir / "train.log").read_text().splitlines()[0]
+        assert "GPUs 0)" in header, header  # Ray gave the trial GPU 0
+        start = time.mktime(time.strptime(header.split(" at ")[1][:19], "%Y-%m-%d %H:%M:%S"))
+        end = json.loads((plan.run_dir / e.dir / "status.json").read_text())["updated"]
+        spans.append((start, end))
+    (s0, e0), (s1, e1) = spans
+    assert s0 < e1 and s1 < e0, f"the two trials did not overlap: {spans}"
