@@ -10,6 +10,7 @@ way a real run relates them, so the tables are self-consistent:
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -241,3 +242,30 @@ def sweep(n_trials: int, n_evals: int, *, by_shot: bool = True, rng: int = 0) ->
     """(trials, curves) of a synthetic sweep of `n_trials` x `n_evals` evaluations (the benchmark)."""
     trials = sweep_trials(n_trials, rng=rng)
     return trials, curves_frame(trials, n_evals, by_shot=by_shot)
+
+
+def write_run_dir(root: Path, trials, curves) -> Path:
+    """A sweep directory on disk with one trial directory per synthetic trial (config.json,
+    status.json, metrics.parquet), as `ray-grok aggregate` finds it after a sweep."""
+    import pyarrow.parquet as pq
+
+    from ray_grok.config import unflatten
+    from ray_grok.outputs import METRICS_SCHEMA, write_json
+
+    cfg_cols = [c for c in trials.columns if "." in c or c == "seed"]
+    entries = []
+    by_trial = curves.groupby("trial_id", sort=False)
+    for rec in trials[["trial_id", "best_step", "steps_done", *cfg_cols]].to_dict("records"):
+        out = root / "trials" / rec["trial_id"]
+        out.mkdir(parents=True)
+        write_json(out / "config.json", unflatten({k: rec[k] for k in cfg_cols}))
+        write_json(out / "status.json", {"state": "done", "step": int(rec["steps_done"]),
+                                         "best_step": int(rec["best_step"]), "wall_time": 1.0})
+        rows = by_trial.get_group(rec["trial_id"])
+        # as MetricsLog writes it: Arrow's defaults, no pandas metadata
+        table = pa.Table.from_pandas(rows[list(METRICS_SCHEMA.names)], schema=METRICS_SCHEMA, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata(None), out / "metrics.parquet")
+        entries.append({"trial_id": rec["trial_id"], "dir": f"trials/{rec['trial_id']}", "coords": {},
+                        "steps": int(rec["steps_done"])})
+    write_json(root / "plan.json", {"name": "bench", "trials": entries})
+    return root
