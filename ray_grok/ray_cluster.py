@@ -11,26 +11,27 @@ Every task of the job runs `run_task` (through submitit, see slurm.py, or throug
   task k   waits for head.json, starts `ray start --address=HEAD --block`, and stops it when `done`
            appears, when the head stops answering, or on a signal.
 
-What makes it safe on a shared cluster node:
-- Ports: each Ray node takes a block of ports (GCS, client server, dashboard, agents, node and
-  object managers, metrics, worker range) chosen from the job id and the task's rank on the node,
-  so two jobs, or two tasks of one job, on a node do not collide; a block whose ports are taken is
-  skipped.
-- A short temp dir per job and task (/tmp/rgUID-JOB-RANK): Ray's socket paths under it must stay
-  below the 107-byte AF_UNIX limit.
-- The object store is capped (Ray's default is 30% of RAM in /dev/shm), --num-cpus and --num-gpus
-  come from the allocation (the node's GPUs are split between its tasks).
+What makes it safe on a shared cluster node (the module that does each part in brackets):
+- Ports (ray_layout): each Ray node takes a block of ports (GCS, client server, dashboard, agents,
+  node and object managers, metrics, worker range) chosen from the job id and the task's rank on
+  the node (task_env), so two jobs, or two tasks of one job, on a node do not collide; a block
+  whose ports are taken is skipped.
+- A short temp dir per job and task (ray_layout: /tmp/rgUID-JOB-RANK): Ray's socket paths under it
+  must stay below the 107-byte AF_UNIX limit.
+- The object store is capped (ray_node; Ray's default is 30% of RAM in /dev/shm), --num-cpus and
+  --num-gpus come from the allocation (ray_layout: the node's GPUs are split between its tasks).
 - Token authentication: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH are set explicitly for every
-  Ray process and for the driver; the dashboard, if on, listens on 127.0.0.1 only.
-- Nothing is left behind: every Ray process this task starts carries RAY_GROK_RAY_NODE=JOB/RANK in
-  its environment, and the task is a child subreaper, so Ray processes orphaned by a dying parent
-  stay in its process tree (where Slurm's process tracking also finds them). The task records
-  them (PID and start time) in node.RANK.json, and stops them on exit and on SIGTERM (scancel,
-  requeue) by PID, TERM then KILL, within `ray.stop_timeout_s`. `ray stop` is never used: it
-  stops every Ray on the node.
+  Ray process (ray_node) and for the driver (here); the dashboard, if on, listens on 127.0.0.1 only.
+- Nothing is left behind (procs, ray_node): every Ray process this task starts carries
+  RAY_GROK_RAY_NODE=JOB/RANK in its environment, and the task is a child subreaper, so Ray
+  processes orphaned by a dying parent stay in its process tree (where Slurm's process tracking
+  also finds them). The task records them (PID and start time) in node.RANK.json, and stops them
+  on exit and on SIGTERM (scancel, requeue) by PID, TERM then KILL, within `ray.stop_timeout_s`.
+  `ray stop` is never used: it stops every Ray on the node.
 - The time-limit warning (USR2, sent by Slurm to every process of the job step) is ignored by
-  Ray's processes and the driver; task 0 alone acts on it (submitit's Checkpointable handling, or
-  `requeue_max` on the plain sbatch path): it stops the driver gracefully and requeues the job.
+  Ray's processes and the driver (procs.spawn); task 0 alone acts on it (here: submitit's
+  Checkpointable handling, or `requeue_max` on the plain sbatch path): it stops the driver
+  gracefully and requeues the job.
 
 Files, per job start (the job id stays the same across requeues; SLURM_RESTART_COUNT counts them):
     RUN_DIR/slurm/JOB/ray.RESTART/   token, head.json, done, failed.RANK, node.RANK.json, ray.RANK.log
@@ -38,30 +39,28 @@ Files, per job start (the job id stays the same across requeues; SLURM_RESTART_C
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .cluster import FIXED_PORTS, PORT_CEILING, RaySettings
+from .cluster import RaySettings
+from .procs import ENV_MARK, become_subreaper, marked_processes, spawn, stop_processes
+from .ray_layout import NodeLayout, choose_layout, node_ip, task_cpus, task_gpus
+from .ray_node import RayNode, ray_env, ray_start_args
+from .task_env import ClusterError, TaskEnv, rendezvous_dir
 
-ENV_MARK = "RAY_GROK_RAY_NODE"  # in the environment of every Ray process started here: JOB/RANK
 HEAD_FILE, DONE_FILE, TOKEN_FILE = "head.json", "done", "token"
 DRIVER_FILE, DRIVER_RESULT = "driver.pkl", "driver.result.pkl"
-MAX_TEMP_DIR_CHARS = 44  # Ray appends ~63 characters for its socket paths; AF_UNIX stops at 107
 FRESH_S = 120.0  # a head.json older than this before the task started belongs to an earlier job
 POLL_S = 0.5
 GCS_MISSES = 6  # consecutive failed probes (1 s apart) after which a worker takes the head as gone
@@ -73,408 +72,8 @@ class Terminated(BaseException):
     `except Exception` in a driver does not swallow it and the task goes straight to stopping Ray."""
 
 
-class ClusterError(RuntimeError):
-    """The Ray cluster of this job could not be brought up (a node did not start or join)."""
-
-
 class DriverError(RuntimeError):
     """The driver raised; the message holds its traceback (it ran in a child process)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The task: who am I in the job
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TaskEnv:
-    job_id: str  # submitit's job id: "1234", or "1234_5" for an array element
-    restart: int  # SLURM_RESTART_COUNT: 0 on the first start, +1 per requeue
-    rank: int  # global rank of the task (SLURM_PROCID)
-    num_tasks: int
-    node: int  # index of the node in the job
-    num_nodes: int
-    local_rank: int  # rank of the task on its node
-    hostname: str
-    hostnames: tuple[str, ...]
-
-    @property
-    def tasks_per_node(self) -> int:
-        return max(1, self.num_tasks // max(1, self.num_nodes))
-
-    @property
-    def marker(self) -> str:
-        """Value of RAY_GROK_RAY_NODE in this task's Ray processes (unique per job and host)."""
-        return f"{self.job_id}/{self.local_rank}"
-
-    @classmethod
-    def current(cls) -> TaskEnv:
-        """From submitit's job environment: the submitit path sets SUBMITIT_EXECUTOR=slurm; the
-        plain sbatch + srun path does not, and gets the same Slurm environment reader directly."""
-        import submitit
-        from submitit.slurm.slurm import SlurmJobEnvironment
-
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            env = submitit.JobEnvironment()
-        elif os.environ.get("SLURM_JOB_ID"):
-            env = SlurmJobEnvironment()
-        else:
-            raise ClusterError("not inside a Slurm job (no SLURM_JOB_ID): run this through sbatch/srun or submitit")
-        return cls(
-            job_id=str(env.job_id), restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-            rank=env.global_rank, num_tasks=env.num_tasks, node=env.node, num_nodes=env.num_nodes,
-            local_rank=env.local_rank, hostname=env.hostname, hostnames=tuple(env.hostnames),
-        )
-
-
-def job_dir(run_dir: Path, job_id: str) -> Path:
-    """RUN_DIR/slurm/JOB: submitit's files and the Ray rendezvous directories of one Slurm job."""
-    return Path(run_dir) / "slurm" / str(job_id)
-
-
-def rendezvous_dir(run_dir: Path, job_id: str, restart: int) -> Path:
-    """Fresh for every start of the job: a requeued job must not read its previous head's address."""
-    return job_dir(run_dir, job_id) / f"ray.{restart}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Ports, temp dir, CPUs, GPUs, IP of one Ray node
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NodeLayout:
-    """Ports and temp dir of one Ray node: a block of `ray.ports_per_node` ports from `base`."""
-
-    slot: int
-    base: int
-    worker_ports: int
-    temp_dir: str
-
-    gcs = property(lambda self: self.base)  # head only
-    client_server = property(lambda self: self.base + 1)  # head only (Ray Client)
-    dashboard = property(lambda self: self.base + 2)  # head only, if the dashboard is on
-    agent_http = property(lambda self: self.base + 3)
-    agent_grpc = property(lambda self: self.base + 4)
-    node_manager = property(lambda self: self.base + 5)
-    object_manager = property(lambda self: self.base + 6)
-    metrics = property(lambda self: self.base + 7)
-    runtime_env_agent = property(lambda self: self.base + 8)
-    min_worker = property(lambda self: self.base + FIXED_PORTS)
-    max_worker = property(lambda self: self.base + FIXED_PORTS + self.worker_ports - 1)
-
-    def fixed_ports(self, head: bool) -> list[int]:
-        ports = [self.agent_http, self.agent_grpc, self.node_manager, self.object_manager, self.metrics,
-                 self.runtime_env_agent]
-        return ([self.gcs, self.client_server, self.dashboard] if head else []) + ports
-
-    @property
-    def ports(self) -> range:
-        return range(self.base, self.max_worker + 1)
-
-
-def port_slots(ray: RaySettings) -> int:
-    return (PORT_CEILING - ray.port_base) // ray.ports_per_node
-
-
-def _job_number(job_id: str) -> int:
-    digits = str(job_id).replace("_", "")
-    return int(digits) if digits.isdigit() else zlib.crc32(str(job_id).encode())
-
-
-def node_layout(job_id: str, local_rank: int, tasks_per_node: int, ray: RaySettings,
-                uid: int | None = None, shift: int = 0) -> NodeLayout:
-    """The port block and temp dir of task `local_rank` of job `job_id` on its node.
-
-    Blocks come in groups of `tasks_per_node`; the job id picks the group (consecutive job ids get
-    consecutive groups) and the local rank the block in it, so the tasks of one job never share a
-    block and jobs sharing a node only do if their ids collide modulo the number of groups. `shift`
-    moves to the next group when a port of the chosen block is taken (see `choose_layout`)."""
-    groups = port_slots(ray) // tasks_per_node
-    if groups < 1:
-        raise ClusterError(f"ray.port_base={ray.port_base} leaves no room for {tasks_per_node} blocks of "
-                           f"{ray.ports_per_node} ports below {PORT_CEILING}")
-    group = (_job_number(job_id) + shift) % groups
-    slot = group * tasks_per_node + local_rank
-    uid = os.getuid() if uid is None else uid
-    temp_dir = f"{ray.temp_root.rstrip('/')}/rg{uid}-{job_id}-{local_rank}"
-    if len(temp_dir) > MAX_TEMP_DIR_CHARS:
-        raise ClusterError(f"Ray temp dir {temp_dir!r} is {len(temp_dir)} characters; Ray's socket paths under it "
-                           f"need it at most {MAX_TEMP_DIR_CHARS} (shorten ray.temp_root)")
-    return NodeLayout(slot=slot, base=ray.port_base + slot * ray.ports_per_node,
-                      worker_ports=ray.worker_ports, temp_dir=temp_dir)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def choose_layout(env: TaskEnv, ray: RaySettings, head: bool) -> NodeLayout:
-    """The first block, from the job's own, whose fixed ports (and worker range ends) are free."""
-    groups = port_slots(ray) // env.tasks_per_node
-    for shift in range(groups):
-        layout = node_layout(env.job_id, env.local_rank, env.tasks_per_node, ray, shift=shift)
-        if all(port_free(p) for p in [*layout.fixed_ports(head), layout.min_worker, layout.max_worker]):
-            return layout
-    raise ClusterError(f"no free block of {ray.ports_per_node} ports from {ray.port_base} on {env.hostname}")
-
-
-def task_cpus(environ: dict[str, str] | None = None, tasks_per_node: int = 1) -> int:
-    """CPUs of this task: SLURM_CPUS_PER_TASK, else this node's usable CPUs split between its tasks."""
-    environ = os.environ if environ is None else environ
-    if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(environ["SLURM_CPUS_PER_TASK"])
-    return max(1, len(os.sched_getaffinity(0)) // tasks_per_node)
-
-
-def task_gpus(local_rank: int, tasks_per_node: int, environ: dict[str, str] | None = None) -> list[str]:
-    """GPU ids this task's Ray node gets: the node's GPUs (CUDA_VISIBLE_DEVICES as Slurm set it, or
-    SLURM_GPUS_ON_NODE) dealt out round-robin to the node's tasks, so two tasks never claim one GPU;
-    with --gpus-per-task Slurm has already given each task its own."""
-    environ = os.environ if environ is None else environ
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() not in ("", "NoDevFiles"):
-        devices = [d.strip() for d in visible.split(",") if d.strip()]
-    else:
-        n = environ.get("SLURM_GPUS_ON_NODE", "0")
-        devices = [str(i) for i in range(int(n))] if n.isdigit() else []
-    if environ.get("SLURM_GPUS_PER_TASK"):
-        return devices
-    return devices[local_rank::tasks_per_node]
-
-
-def node_ip(interface: str | None = None, multi_node: bool = False) -> str:
-    """IPv4 address this Ray node announces: the interface's if given (e.g. ib0); else the one the
-    default route leaves from (what Ray itself would pick); else the one the hostname resolves to.
-    Loopback only for a job on one host: other hosts could not reach it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        if interface:
-            try:  # SIOCGIFADDR
-                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", interface[:15].encode()))
-            except OSError as exc:
-                raise ClusterError(f"ray.interface={interface!r}: no IPv4 address on this node ({exc})") from None
-            return socket.inet_ntoa(packed[20:24])
-        candidates = []
-        with contextlib.suppress(OSError):
-            s.connect(("8.8.8.8", 80))  # UDP: sends nothing, only picks the route
-            candidates.append(s.getsockname()[0])
-    with contextlib.suppress(OSError):
-        candidates.append(socket.gethostbyname(socket.gethostname()))
-    for ip in candidates:
-        if not ip.startswith("127."):
-            return ip
-    if multi_node:
-        raise ClusterError(f"no address of {socket.gethostname()} other nodes can reach (no default route, hostname "
-                           "resolves to loopback): set ray.interface in the profile, e.g. ib0 or eth0")
-    return "127.0.0.1"
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes: found by the marker in their environment, stopped by PID
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    start: int  # start time in clock ticks since boot: tells a reused PID apart
-    comm: str
-
-
-def _stat(pid: int) -> tuple[str, int, int, str] | None:
-    """(state, ppid, start ticks, comm) of a process, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    rest = text[text.rindex(")") + 2:].split()
-    return rest[0], int(rest[1]), int(rest[19]), comm
-
-
-def proc_alive(p: Proc) -> bool:
-    st = _stat(p.pid)
-    return st is not None and st[2] == p.start and st[0] not in ("Z", "X")
-
-
-def marked_processes(marker: str, prefix: bool = False) -> list[Proc]:
-    """Live processes whose environment holds RAY_GROK_RAY_NODE=marker (or a value starting with it)."""
-    want = f"{ENV_MARK}={marker}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-        except OSError:
-            continue
-        if want not in environ:
-            continue
-        if not any(v == want or (prefix and v.startswith(want)) for v in environ.split(b"\0")):
-            continue
-        st = _stat(int(entry.name))
-        if st is not None and st[0] not in ("Z", "X"):
-            found.append(Proc(int(entry.name), st[2], st[3]))
-    return found
-
-
-def descendants(root: int) -> list[Proc]:
-    """Live descendants of process `root` (with the task as subreaper, orphans of its Ray
-    processes stay among them)."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, tuple[str, int, int, str]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None:
-                stats[int(entry.name)] = st
-                children.setdefault(st[1], []).append(int(entry.name))
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        st = stats[pid]
-        if st[0] not in ("Z", "X"):
-            found.append(Proc(pid, st[2], st[3]))
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _reap_zombie_children(keep: set[int] = frozenset()) -> None:
-    """waitpid our zombie children that no Popen owns (orphans reparented to us as subreaper)."""
-    me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) not in keep:
-            st = _stat(int(entry.name))
-            if st is not None and st[1] == me and st[0] == "Z":
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(int(entry.name), os.WNOHANG)
-
-
-def stop_processes(procs: list[Proc], grace_s: float, keep: set[int] = frozenset()) -> list[Proc]:
-    """SIGTERM, up to grace_s, SIGKILL, up to 5 s more; returns those still alive (should be none)."""
-    def alive() -> list[Proc]:
-        _reap_zombie_children(keep)
-        return [p for p in procs if proc_alive(p)]
-
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for p in alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, sig)
-        deadline = time.monotonic() + wait_s
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    return alive()
-
-
-def become_subreaper() -> bool:
-    """PR_SET_CHILD_SUBREAPER: orphans of our descendants are reparented to us, not to init, so they
-    stay in the task's process tree (and in Slurm's process tracking) until we stop them."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def spawn(cmd: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen:
-    """Popen with SIGUSR2 ignored in the child and everything it starts (an ignored signal stays
-    ignored across exec): Slurm sends the time-limit warning to every process of the job step, and
-    only the task process should act on it, not Ray's daemons, trial workers or the driver."""
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGUSR2, signal.SIG_IGN) if main else None
-    try:
-        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, **kwargs)
-    finally:
-        if main:
-            signal.signal(signal.SIGUSR2, old)
-
-
-class RayNode:
-    """One `ray start ... --block` child process and everything it spawns."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, marker: str):
-        self.args, self.env, self.log, self.marker = args, env, log, marker
-        self.proc: subprocess.Popen | None = None
-        self.seen: dict[tuple[int, int], Proc] = {}  # every process of this node ever found, by (pid, start)
-        self._lock = threading.Lock()  # the recorder thread looks too
-
-    def start(self) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = spawn([sys.executable, "-m", "ray.scripts.scripts", "start", *self.args], self.env,
-                              stdout=logf, stderr=subprocess.STDOUT)
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def processes(self) -> list[Proc]:
-        """This node's live processes: those carrying its marker, this task's descendants, and any
-        seen before. Not the marker alone: Ray's agents set their process title, which can
-        overwrite the environment that /proc shows."""
-        found = marked_processes(self.marker) + descendants(os.getpid())
-        with self._lock:
-            self.seen.update({(p.pid, p.start): p for p in found})
-            return [p for p in self.seen.values() if proc_alive(p)]
-
-    def recorded(self) -> list[Proc]:
-        with self._lock:
-            return list(self.seen.values())
-
-    def stop(self, timeout_s: float) -> tuple[list[Proc], list[Proc]]:
-        """Stop it: SIGTERM to `ray start` (it stops its children), then TERM/KILL whatever of ours
-        is left. Returns (processes found at the start, processes still alive at the end)."""
-        procs = self.processes()
-        keep = {self.proc.pid} if self.proc is not None else set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=timeout_s * 0.5)
-        left = stop_processes(procs + self.processes(), grace_s=max(1.0, timeout_s * 0.3), keep=keep)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        _reap_zombie_children()
-        return procs, left
-
-
-def ray_start_args(layout: NodeLayout, ray: RaySettings, ip: str, cpus: int, gpus: int,
-                   head_address: str | None) -> list[str]:
-    """Arguments of `ray start` for one node: every port explicit, the object store capped."""
-    args = [
-        "--block", "--disable-usage-stats", f"--node-ip-address={ip}", f"--temp-dir={layout.temp_dir}",
-        f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--object-store-memory={ray.object_store_mb * 2**20}",
-        f"--node-manager-port={layout.node_manager}", f"--object-manager-port={layout.object_manager}",
-        f"--metrics-export-port={layout.metrics}", f"--runtime-env-agent-port={layout.runtime_env_agent}",
-        f"--dashboard-agent-listen-port={layout.agent_http}", f"--dashboard-agent-grpc-port={layout.agent_grpc}",
-        f"--min-worker-port={layout.min_worker}", f"--max-worker-port={layout.max_worker}",
-    ]
-    if head_address is None:
-        args += ["--head", f"--port={layout.gcs}", f"--ray-client-server-port={layout.client_server}"]
-        if ray.dashboard:
-            args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={layout.dashboard}"]
-        else:
-            args += ["--include-dashboard=false"]
-    else:
-        args += [f"--address={head_address}"]
-    return args
-
-
-def ray_env(token: Path, marker: str, gpus: list[str], ray: RaySettings,
-            base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the `ray start` child (and so of every Ray process of the node)."""
-    env = dict(os.environ if base is None else base)
-    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):  # the token comes from our file, the address from us
-        env.pop(key, None)
-    env.update({
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # on SIGTERM a node drains for up to 30 s by default: longer than we have before SIGKILL
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": str(max(1.0, ray.stop_timeout_s / 3)),
-        "CUDA_VISIBLE_DEVICES": ",".join(gpus),
-        ENV_MARK: marker,
-    })
-    return env
 
 
 # ---------------------------------------------------------------------------------------------

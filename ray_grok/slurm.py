@@ -29,8 +29,9 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .cluster import ProfileError, RaySettings, SlurmProfile, run_dir_for
-from .ray_cluster import Driver, checkpoint_budget_s, interrupt_driver, job_dir, run_task, sweep_driver
+from .ray_cluster import Driver, checkpoint_budget_s, interrupt_driver, run_task, sweep_driver
 from .rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, resolve, slurm_jobs
+from .task_env import job_dir
 
 SUBMITIT_FOLDER = "slurm/%j"  # under RUN_DIR; submitit puts one job's files in it
 

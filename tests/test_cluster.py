@@ -13,12 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from ray_grok import ray_cluster as rc
 from ray_grok.cluster import (
     PORT_CEILING, LocalProfile, ProfileError, RaySettings, SlurmProfile, describe_profile_keys, load_profile,
     parse_time_min, profile_from_dict,
 )
+from ray_grok.procs import ENV_MARK, Proc, _stat, marked_processes, proc_alive, spawn, stop_processes
+from ray_grok.ray_cluster import write_token
+from ray_grok.ray_layout import (
+    MAX_TEMP_DIR_CHARS, NodeLayout, choose_layout, node_layout, port_slots, task_cpus, task_gpus,
+)
+from ray_grok.ray_node import ray_env, ray_start_args
 from ray_grok.slurm import RayClusterJob, render_sbatch, slurm_parameters
+from ray_grok.task_env import ClusterError, TaskEnv, job_dir, rendezvous_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -192,13 +198,13 @@ def test_slurm_parameters_are_valid_for_submitit():
 # Ray inside Slurm: ports, temp dirs, resources, environment
 # ---------------------------------------------------------------------------------------------
 
-def _ports(layout: rc.NodeLayout) -> set[int]:
+def _ports(layout: NodeLayout) -> set[int]:
     return set(layout.ports)
 
 
 def test_two_jobs_on_a_node_get_disjoint_ports_and_temp_dirs():
     ray = RaySettings()
-    a, b = (rc.node_layout(job, 0, 1, ray, uid=1000) for job in ("41234", "41235"))
+    a, b = (node_layout(job, 0, 1, ray, uid=1000) for job in ("41234", "41235"))
     assert not _ports(a) & _ports(b)
     assert a.temp_dir != b.temp_dir
     assert a.gcs != b.gcs
@@ -207,24 +213,24 @@ def test_two_jobs_on_a_node_get_disjoint_ports_and_temp_dirs():
 def test_the_tasks_of_one_job_on_a_node_never_share_a_block():
     ray = RaySettings(worker_ports=64)
     for job in ("1", "77", "123456789", "123_4"):
-        head, worker = (rc.node_layout(job, rank, 2, ray, uid=0) for rank in (0, 1))
+        head, worker = (node_layout(job, rank, 2, ray, uid=0) for rank in (0, 1))
         assert not _ports(head) & _ports(worker)
         assert head.temp_dir != worker.temp_dir
 
 
 def test_consecutive_jobs_collide_only_after_a_full_cycle_of_blocks():
     ray = RaySettings()
-    groups = rc.port_slots(ray)
-    blocks = {rc.node_layout(str(1000 + i), 0, 1, ray).base for i in range(groups)}
+    groups = port_slots(ray)
+    blocks = {node_layout(str(1000 + i), 0, 1, ray).base for i in range(groups)}
     assert len(blocks) == groups  # every one of `groups` consecutive jobs has its own block
-    assert rc.node_layout("1000", 0, 1, ray).base == rc.node_layout(str(1000 + groups), 0, 1, ray).base
+    assert node_layout("1000", 0, 1, ray).base == node_layout(str(1000 + groups), 0, 1, ray).base
 
 
 def test_layout_stays_below_the_ephemeral_ports_and_keeps_the_worker_range_apart():
     ray = RaySettings(port_base=20000, worker_ports=240)
     for job in range(0, 500, 7):
         for rank in (0, 1):
-            layout = rc.node_layout(str(job), rank, 2, ray)
+            layout = node_layout(str(job), rank, 2, ray)
             assert 20000 <= layout.base and layout.max_worker < PORT_CEILING
             assert max(layout.fixed_ports(head=True)) < layout.min_worker
             assert layout.max_worker - layout.min_worker + 1 == 240
@@ -232,34 +238,34 @@ def test_layout_stays_below_the_ephemeral_ports_and_keeps_the_worker_range_apart
 
 def test_shift_moves_to_another_block_when_ports_are_taken():
     ray = RaySettings()
-    assert rc.node_layout("5", 0, 1, ray, shift=1).base == rc.node_layout("6", 0, 1, ray).base
+    assert node_layout("5", 0, 1, ray, shift=1).base == node_layout("6", 0, 1, ray).base
 
 
 def test_temp_dir_is_short_enough_for_ray_sockets():
-    layout = rc.node_layout("123456789_1234", 3, 4, RaySettings(temp_root="/tmp/abcdefghijk"), uid=123456)
-    assert len(layout.temp_dir) <= rc.MAX_TEMP_DIR_CHARS
+    layout = node_layout("123456789_1234", 3, 4, RaySettings(temp_root="/tmp/abcdefghijk"), uid=123456)
+    assert len(layout.temp_dir) <= MAX_TEMP_DIR_CHARS
     assert len(layout.temp_dir) + len("/session_2026-11-22_08-25-37_127898_12345/sockets/plasma_store") < 107
 
 
 def test_a_too_long_temp_dir_is_refused():
-    with pytest.raises(rc.ClusterError, match="shorten ray.temp_root"):
-        rc.node_layout("123456789_123456789_123456789", 0, 1, RaySettings(temp_root="/tmp/abcdefghijk"), uid=1)
+    with pytest.raises(ClusterError, match="shorten ray.temp_root"):
+        node_layout("123456789_123456789_123456789", 0, 1, RaySettings(temp_root="/tmp/abcdefghijk"), uid=1)
 
 
 def test_choose_layout_skips_a_block_whose_ports_are_taken():
     import socket
 
-    env = rc.TaskEnv(job_id="31337", restart=0, rank=0, num_tasks=1, node=0, num_nodes=1, local_rank=0,
-                     hostname="h", hostnames=("h",))
+    env = TaskEnv(job_id="31337", restart=0, rank=0, num_tasks=1, node=0, num_nodes=1, local_rank=0,
+                  hostname="h", hostnames=("h",))
     ray = RaySettings()
-    first = rc.node_layout(env.job_id, 0, 1, ray)
+    first = node_layout(env.job_id, 0, 1, ray)
     with socket.socket() as s:
         try:
             s.bind(("0.0.0.0", first.gcs))
         except OSError:
             pytest.skip(f"port {first.gcs} is in use on this machine")
         s.listen()
-        chosen = rc.choose_layout(env, ray, head=True)
+        chosen = choose_layout(env, ray, head=True)
     assert chosen.base != first.base
 
 
@@ -273,47 +279,47 @@ def test_choose_layout_skips_a_block_whose_ports_are_taken():
     ({}, 2, [[], []]),
 ])
 def test_gpus_are_dealt_out_to_the_tasks_of_a_node(environ, tasks, expected):
-    assert [rc.task_gpus(rank, tasks, environ) for rank in range(tasks)] == expected
+    assert [task_gpus(rank, tasks, environ) for rank in range(tasks)] == expected
 
 
 def test_cpus_come_from_the_allocation():
-    assert rc.task_cpus({"SLURM_CPUS_PER_TASK": "12"}, 2) == 12
-    assert rc.task_cpus({}, 1) == len(os.sched_getaffinity(0))
+    assert task_cpus({"SLURM_CPUS_PER_TASK": "12"}, 2) == 12
+    assert task_cpus({}, 1) == len(os.sched_getaffinity(0))
 
 
 def test_ray_start_arguments():
     ray = RaySettings(object_store_mb=512)
-    layout = rc.node_layout("7", 0, 1, ray)
-    head = rc.ray_start_args(layout, ray, "10.0.0.1", 8, 2, None)
+    layout = node_layout("7", 0, 1, ray)
+    head = ray_start_args(layout, ray, "10.0.0.1", 8, 2, None)
     assert {"--head", "--block", f"--port={layout.gcs}", "--include-dashboard=false", "--num-cpus=8",
             "--num-gpus=2", f"--object-store-memory={512 * 2**20}", f"--temp-dir={layout.temp_dir}",
             "--node-ip-address=10.0.0.1", f"--min-worker-port={layout.min_worker}"} <= set(head)
-    with_dashboard = rc.ray_start_args(layout, dataclasses.replace(ray, dashboard=True), "10.0.0.1", 8, 2, None)
+    with_dashboard = ray_start_args(layout, dataclasses.replace(ray, dashboard=True), "10.0.0.1", 8, 2, None)
     assert {"--include-dashboard=true", "--dashboard-host=127.0.0.1"} <= set(with_dashboard)
-    worker = rc.ray_start_args(layout, ray, "10.0.0.2", 8, 0, "10.0.0.1:20000")
+    worker = ray_start_args(layout, ray, "10.0.0.2", 8, 0, "10.0.0.1:20000")
     assert "--address=10.0.0.1:20000" in worker and "--head" not in worker
     assert not any(a.startswith(("--port=", "--include-dashboard")) for a in worker)
 
 
 def test_ray_processes_get_token_auth_and_the_marker(tmp_path):
     base = {"RAY_AUTH_TOKEN": "from-the-user", "RAY_ADDRESS": "elsewhere:6379", "PATH": "/bin"}
-    env = rc.ray_env(tmp_path / "token", "42/1", ["1"], RaySettings(stop_timeout_s=15), base=base)
+    env = ray_env(tmp_path / "token", "42/1", ["1"], RaySettings(stop_timeout_s=15), base=base)
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "token")
     assert "RAY_AUTH_TOKEN" not in env and "RAY_ADDRESS" not in env
-    assert env[rc.ENV_MARK] == "42/1" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env[ENV_MARK] == "42/1" and env["CUDA_VISIBLE_DEVICES"] == "1"
     assert float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]) < 15
 
 
 def test_token_file_is_private_and_fresh(tmp_path):
-    path = rc.write_token(tmp_path / "token")
+    path = write_token(tmp_path / "token")
     first = path.read_text()
     assert path.stat().st_mode & 0o777 == 0o600 and len(first) == 64
-    assert rc.write_token(path).read_text() != first
+    assert write_token(path).read_text() != first
 
 
 def test_rendezvous_is_fresh_per_job_start():
-    assert rc.rendezvous_dir(Path("/r"), "12", 0) != rc.rendezvous_dir(Path("/r"), "12", 1)
-    assert rc.rendezvous_dir(Path("/r"), "12", 1).parent == rc.job_dir(Path("/r"), "12") == Path("/r/slurm/12")
+    assert rendezvous_dir(Path("/r"), "12", 0) != rendezvous_dir(Path("/r"), "12", 1)
+    assert rendezvous_dir(Path("/r"), "12", 1).parent == job_dir(Path("/r"), "12") == Path("/r/slurm/12")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,34 +331,34 @@ def test_marked_processes_are_found_and_stopped(tmp_path):
     # a child that ignores SIGTERM, and a grandchild: both must be found and stopped
     code = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, rc.ENV_MARK: marker})
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, ENV_MARK: marker})
     try:
         for _ in range(100):
-            found = rc.marked_processes(marker)
+            found = marked_processes(marker)
             if len(found) == 2:
                 break
             import time
 
             time.sleep(0.05)
         assert len(found) == 2
-        assert rc.marked_processes(marker.split("/")[0] + "/", prefix=True) == found
-        assert rc.marked_processes(marker.split("/")[0]) == []  # exact match unless prefix
-        left = rc.stop_processes(found, grace_s=0.5, keep={proc.pid})
+        assert marked_processes(marker.split("/")[0] + "/", prefix=True) == found
+        assert marked_processes(marker.split("/")[0]) == []  # exact match unless prefix
+        left = stop_processes(found, grace_s=0.5, keep={proc.pid})
         assert left == []
-        assert not any(rc.proc_alive(p) for p in found)
+        assert not any(proc_alive(p) for p in found)
     finally:
         proc.kill()
         proc.wait()
 
 
 def test_a_reused_pid_is_not_taken_for_the_recorded_process():
-    me = rc._stat(os.getpid())
-    assert rc.proc_alive(rc.Proc(os.getpid(), me[2], me[3]))
-    assert not rc.proc_alive(rc.Proc(os.getpid(), me[2] + 1, me[3]))
+    me = _stat(os.getpid())
+    assert proc_alive(Proc(os.getpid(), me[2], me[3]))
+    assert not proc_alive(Proc(os.getpid(), me[2] + 1, me[3]))
 
 
 def test_spawned_children_ignore_the_time_limit_warning():
-    proc = rc.spawn([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)"],
+    proc = spawn([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)"],
                     dict(os.environ), stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     assert out.strip() == "True"
@@ -461,8 +467,8 @@ def test_status_names_the_slurm_job_and_the_resume_command(tmp_path):
 def test_task_env_outside_slurm_is_an_error(monkeypatch):
     for key in ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID"):
         monkeypatch.delenv(key, raising=False)
-    with pytest.raises(rc.ClusterError, match="not inside a Slurm job"):
-        rc.TaskEnv.current()
+    with pytest.raises(ClusterError, match="not inside a Slurm job"):
+        TaskEnv.current()
 
 
 def test_task_env_from_the_slurm_environment(monkeypatch):
@@ -472,7 +478,7 @@ def test_task_env_from_the_slurm_environment(monkeypatch):
                        "SLURM_RESTART_COUNT": "2"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
-    env = rc.TaskEnv.current()
+    env = TaskEnv.current()
     assert (env.job_id, env.restart, env.rank, env.num_tasks) == ("77", 2, 3, 4)
     assert (env.tasks_per_node, env.local_rank) == (2, 1)
     assert env.hostnames == ("gpu01", "gpu02") and env.marker == "77/1"

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ray_grok import ray_cluster as rc
 from ray_grok.cluster import SlurmProfile, load_profile
+from ray_grok.procs import Proc, marked_processes, proc_alive
+from ray_grok.ray_cluster import HEAD_FILE, probe_driver
 from ray_grok.slurm import driver_result, submit
+from ray_grok.task_env import rendezvous_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_PROFILE = ROOT / "cluster/dev-slurm.yaml"
@@ -82,16 +84,16 @@ def probe_lines(path: Path) -> list[dict]:
 def assert_no_process_left(run_dir: Path, job_id: str) -> set[int]:
     """Nothing of the job runs any more: no process carries its marker, every PID its tasks
     recorded is gone, the per-job temp dirs are removed. Returns the recorded PIDs."""
-    left = rc.marked_processes(f"{job_id}/", prefix=True)
+    left = marked_processes(f"{job_id}/", prefix=True)
     assert not left, f"processes of job {job_id} still running: {left}"
     records = sorted(run_dir.glob(f"slurm/{job_id}/ray.*/node.*.json"))
     assert records, f"no node records of job {job_id}"
     recorded: set[int] = set()
     for path in records:
         rec = json.loads(path.read_text())
-        procs = [rc.Proc(**p) for p in rec["processes"]]
+        procs = [Proc(**p) for p in rec["processes"]]
         recorded |= {p.pid for p in procs}
-        alive = [p for p in procs if rc.proc_alive(p)]
+        alive = [p for p in procs if proc_alive(p)]
         assert not alive, f"{path}: recorded processes still alive: {alive}"
         assert not Path(rec["temp_dir"]).exists(), f"{path}: temp dir {rec['temp_dir']} left behind"
     return recorded
@@ -105,34 +107,34 @@ def run_dir(tmp_path):
 def test_two_task_job_runs_a_two_node_ray_cluster(run_dir):
     t0 = time.time()
     out = run_dir / "probe.jsonl"
-    job = submit(dev_profile(), run_dir, functools.partial(rc.probe_driver, out=str(out)))
+    job = submit(dev_profile(), run_dir, functools.partial(probe_driver, out=str(out)))
     wait_until(lambda: not in_queue(job.job_id), 180, "the job to finish", job.job_id)
     report = driver_result(job)
     print(f"\njob {job.job_id}: done in {time.time() - t0:.1f} s; Ray up and probed: {report}")
     assert report["nodes_alive"] == 2
     assert report["task_markers"] == [f"{job.job_id}/0", f"{job.job_id}/1"]  # a task ran on each Ray node
     assert (report["auth_mode"], report["token_mode"]) == ("token", "0o600")
-    head = json.loads((rc.rendezvous_dir(run_dir, job.job_id, 0) / rc.HEAD_FILE).read_text())
+    head = json.loads((rendezvous_dir(run_dir, job.job_id, 0) / HEAD_FILE).read_text())
     assert head["restart"] == 0 and head["address"] == report["address"]
     assert len(assert_no_process_left(run_dir, job.job_id)) >= 6  # gcs, raylets, agents, workers, ...
 
 
 def test_scancel_mid_job_leaves_no_ray_process_and_a_later_launch_runs(run_dir):
     out = run_dir / "probe.jsonl"
-    job = submit(dev_profile(), run_dir, functools.partial(rc.probe_driver, out=str(out), hold_s=600))
+    job = submit(dev_profile(), run_dir, functools.partial(probe_driver, out=str(out), hold_s=600))
     wait_until(lambda: probe_lines(out), 180, "the Ray cluster to come up", job.job_id)
-    running = rc.marked_processes(f"{job.job_id}/", prefix=True)
+    running = marked_processes(f"{job.job_id}/", prefix=True)
     assert {p.comm for p in running} >= {"gcs_server", "raylet"}
     t0 = time.time()
     subprocess.run(["scancel", job.job_id], check=True)
     wait_until(lambda: not in_queue(job.job_id), 90, "the cancelled job to leave the queue")
     print(f"\njob {job.job_id}: {len(running)} Ray processes; cancelled job gone in {time.time() - t0:.1f} s")
-    assert not [p for p in running if rc.proc_alive(p)]
+    assert not [p for p in running if proc_alive(p)]
     assert assert_no_process_left(run_dir, job.job_id)
-    for path in rc.rendezvous_dir(run_dir, job.job_id, 0).glob("node.*.json"):
+    for path in rendezvous_dir(run_dir, job.job_id, 0).glob("node.*.json"):
         assert json.loads(path.read_text())["state"].startswith("stopped"), path
 
-    again = submit(dev_profile(), run_dir, functools.partial(rc.probe_driver, out=str(out)))
+    again = submit(dev_profile(), run_dir, functools.partial(probe_driver, out=str(out)))
     wait_until(lambda: not in_queue(again.job_id), 180, "the second job to finish", again.job_id)
     assert driver_result(again)["nodes_alive"] == 2
     assert [line["job_id"] for line in probe_lines(out)] == [job.job_id, again.job_id]
@@ -151,7 +153,7 @@ def test_time_limit_signal_requeues_the_job_and_it_starts_again(run_dir):
     out = run_dir / "probe.jsonl"
     profile = dev_profile(time="1", signal_delay_s=30, max_requeues=1)
     t0 = time.time()
-    job = submit(profile, run_dir, functools.partial(rc.probe_driver, out=str(out), hold_s=600))
+    job = submit(profile, run_dir, functools.partial(probe_driver, out=str(out), hold_s=600))
     wait_until(lambda: not in_queue(job.job_id), 300, "the job to be requeued once and end", job.job_id)
     log = (run_dir / f"slurm/{job.job_id}/{job.job_id}_0_log.out").read_text().splitlines()
     starts = [_log_time(line) for line in log if "Starting with JobEnvironment" in line]
@@ -160,7 +162,7 @@ def test_time_limit_signal_requeues_the_job_and_it_starts_again(run_dir):
     assert any("not requeued because: timed-out too many times" in line for line in log)
     assert any("Calling checkpoint method" in line for line in log)
     for restart in (0, 1):
-        assert (rc.rendezvous_dir(run_dir, job.job_id, restart) / "node.0.json").exists()
+        assert (rendezvous_dir(run_dir, job.job_id, restart) / "node.0.json").exists()
     print(f"\njob {job.job_id}: requeued {requeued[0] - starts[0]:.0f} s after it started, started again "
           f"{starts[1] - requeued[0]:.1f} s after the requeue; all over in {time.time() - t0:.0f} s")
     assert_no_process_left(run_dir, job.job_id)
@@ -267,7 +269,7 @@ def test_smoke_grid_runs_on_the_two_node_ray_of_a_slurm_job(run_dir):
     log = (run_dir / f"slurm/{job_id}/{job_id}_0_log.out").read_text()
     print(f"\njob {job_id}: smoke grid through `ray-grok launch --cluster --wait` in {time.time() - t0:.0f} s")
     assert "Ray cluster up: 2 nodes" in log
-    worker = json.loads((rc.rendezvous_dir(run_dir, job_id, 0) / "node.1.json").read_text())
+    worker = json.loads((rendezvous_dir(run_dir, job_id, 0) / "node.1.json").read_text())
     assert any(p["comm"].startswith("ray::") and p["comm"] != "ray::IDLE" for p in worker["processes"]), \
         "no trial ran on the worker's Ray node"
     _assert_every_trial_once(run_dir, {})
