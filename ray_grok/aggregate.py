@@ -1,18 +1,22 @@
 """Trial directories -> the results tables RUN_DIR/results/{trials,curves} (see schema.py).
 
-Each table is a Parquet dataset directory holding one file, `part-0.parquet`, written to a hidden
-temp file beside it and renamed into place: a reader (pandas, pyarrow, DuckDB with
-`results/trials/*.parquet`) sees the old table or the new one, never a mix, and running it again
-rewrites the same rows (idempotent). It reads only files, so it works mid-sweep and without Ray.
-Curves are streamed a batch of trials at a time, so memory stays flat in the number of trials.
+Both are Parquet dataset directories (pandas, pyarrow, DuckDB with `results/curves/*.parquet`):
+`trials` is one file, `part-0.parquet`; `curves` is one file per chunk of BATCH_TRIALS trials in
+plan order, `part-0000256.parquet` holding the trials from plan index 256 on. Every file is written
+to a hidden temp file and renamed into place only once all of them are complete, so a failed
+aggregation leaves the previous tables, and a reader sees each trial's rows from one aggregation
+or the next, never twice or in part. Running it again rewrites the same rows (idempotent). It reads
+only files, so it works mid-sweep and without Ray. Chunks are read and written one at a time, so
+memory stays flat in the number of trials.
 
-Where the time goes (10,000 trials x 200 evaluations, 2 cores): decoding the by-shot lists of
-doubles (4 x 32 a row, 256M values) out of 10,000 metrics.parquet files and encoding them into
-the curves file; Parquet's nested lists cost tens of ns a value either way. Both run in Arrow's
-C++ code without the GIL, so trials are read by a thread pool while another thread writes the
-previous batch, and per-trial Python work is kept to two small JSON files (no TrialConfig is
-built, no row becomes a dict). A re-aggregation takes unchanged chunks of trials from the
-previous tables (results_cache.py).
+A re-aggregation leaves the file of an unchanged chunk alone (results_cache.py): the sweep driver
+re-aggregates every few finished trials for its live phase diagrams, when most chunks are unchanged.
+
+Where the time of a first aggregation goes (10,000 trials x 200 evaluations, 2 cores): decoding
+10,000 metrics.parquet files (about 0.5 ms each of per-column overhead, whatever the encoding) and
+encoding the curves. Both run in Arrow's C++ code without the GIL, so trials are read by a thread
+pool while another thread writes the previous chunk, and per-trial Python work is kept to two
+small JSON files (no TrialConfig is built, no row becomes a dict).
 A trial whose metrics.parquet cannot be read (a partial copy, a disk error) is kept with its
 status and no curves, and named in a warning: one bad file must not stop a mid-sweep view.
 """
@@ -22,7 +26,7 @@ import json
 import os
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,11 +37,11 @@ import pyarrow.parquet as pq
 
 from .config import TrialConfig, config_from_dict
 from .outputs import METRICS_SCHEMA
-from .results_cache import PART, Chunk, Previous, chunk_key, file_stamp, save_index
+from .results_cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
 from .rundir import PENDING, RESULTS_DIR, PlanEntry, read_plan
 from .schema import BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, STATUS_FILE
 
-BATCH_TRIALS = 256  # trials read per batch = one row group of `curves` (51,200 rows at 200 evaluations)
+BATCH_TRIALS = 256  # trials per chunk = one file of `curves` (51,200 rows at 200 evaluations)
 READ_THREADS = min(8, os.cpu_count() or 1)
 # Dictionary-encoding the by-shot lists (near-unique doubles) doubles the write time and saves
 # nothing; min/max statistics are kept where a filter can use them (trial_id, step, scalars).
@@ -86,54 +90,75 @@ def aggregate(run_dir: str | Path) -> AggregateSummary:
     trials_path.mkdir(parents=True, exist_ok=True)
     curves_path.mkdir(parents=True, exist_ok=True)
 
-    previous = Previous.open(results, TRIALS_SCHEMA, CURVES_SCHEMA)
-    chunks, slices, unreadable, curve_rows, reused = [], [], [], 0, 0
-    tmp_curves, tmp_trials = curves_path / f".{PART}.tmp", trials_path / f".{PART}.tmp"
+    previous = Previous.open(results, TRIALS_SCHEMA)
+    slices, unreadable, reused = [], [], 0
+    written: list[tuple[int, list | None, int, Future]] = []  # (start, key, rows, future of the temp file)
+    tmp_trials = trials_path / f".{PART}.{os.getpid()}.tmp"
     read = partial(read_trial, str(run_dir))
     try:
-        with previous, ThreadPoolExecutor(READ_THREADS) as readers, ThreadPoolExecutor(1) as writing, \
-                pq.ParquetWriter(tmp_curves, CURVES_SCHEMA, **CURVES_WRITE_OPTIONS) as writer:
-            written, row_groups = None, 0
+        with ThreadPoolExecutor(READ_THREADS) as readers, ThreadPoolExecutor(1) as writing:
             for start in range(0, len(plan.entries), BATCH_TRIALS):
                 entries = plan.entries[start:start + BATCH_TRIALS]
                 # stat before reading: a trial rewritten meanwhile gets a new key, so it is re-read next time
                 key = chunk_key(str(run_dir), entries, readers)
-                tables = previous.chunk(start, entries, key)
-                if tables is None:
-                    files = list(readers.map(read, entries))
-                    tables = batch_tables(entries, files)
-                    bad = [e.trial_id for e, f in zip(entries, files) if f.unreadable]
-                    unreadable += bad
-                    key = None if bad else key  # retried next time, not cached
-                else:
+                kept = previous.chunk(start, entries, key, curves_path / chunk_file(start))
+                if kept is not None:  # unchanged: its curves file stays as it is
+                    slices.append(kept.trials)
+                    written.append((start, key, kept.rows, None))
                     reused += len(entries)
-                trials, curves = tables
+                    continue
+                files = list(readers.map(read, entries))
+                trials, curves = batch_tables(entries, files)
+                bad = [e.trial_id for e, f in zip(entries, files) if f.unreadable]
+                unreadable += bad
                 slices.append(trials)
-                if written is not None:
-                    written.result()  # at most one batch in flight: memory stays flat
-                written = None
-                if curves.num_rows:  # one row group per chunk, so the next run can reuse it by index
-                    written = writing.submit(writer.write_table, curves, row_group_size=curves.num_rows)
-                chunks.append(Chunk(start, key, row_groups if curves.num_rows else None))
-                row_groups += bool(curves.num_rows)
-                curve_rows += curves.num_rows
-            if written is not None:
-                written.result()
+                if written and written[-1][3] is not None:
+                    written[-1][3].result()  # at most one chunk in flight: memory stays flat
+                future = writing.submit(_write_temp, curves_path / chunk_file(start), curves)
+                written.append((start, None if bad else key, curves.num_rows, future))  # bad: retried next time
+            temps = [(start, key, rows, f.result() if f else None) for start, key, rows, f in written]
         table = pa.concat_tables(slices) if slices else TRIALS_SCHEMA.empty_table()
         pq.write_table(table, tmp_trials)
-        stamps = file_stamp(tmp_trials), file_stamp(tmp_curves)  # a rename keeps both
     except BaseException:
-        tmp_curves.unlink(missing_ok=True)
         tmp_trials.unlink(missing_ok=True)
+        for *_, f in written:
+            if f is not None and f.done() and not f.exception() and f.result():
+                f.result().unlink(missing_ok=True)
         raise
-    os.replace(tmp_curves, curves_path / PART)
+    # Every file is complete before the first rename: a failure above leaves the previous tables.
+    chunks = []
+    for start, key, rows, tmp in temps:
+        final = curves_path / chunk_file(start)
+        if tmp is not None:
+            os.replace(tmp, final)
+        elif rows == 0:
+            final.unlink(missing_ok=True)
+        chunks.append(Chunk(start, key, rows, file_stamp(final) if rows else None))
     os.replace(tmp_trials, trials_path / PART)
-    save_index(results, chunks, *stamps)
+    keep = {chunk_file(c.start) for c in chunks if c.rows}
+    for stale in curves_path.glob("*.parquet"):  # chunks that lost their rows, an older layout's file
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    save_index(results, chunks, file_stamp(trials_path / PART))
     if unreadable:
         warnings.warn(f"{len(unreadable)} trials have an unreadable {METRICS_FILE} and are aggregated "
                       f"without curves: {', '.join(unreadable[:5])}", stacklevel=2)
     by_status = Counter(table.column("status").to_pylist())
-    return AggregateSummary(table.num_rows, curve_rows, dict(by_status), results, tuple(unreadable), reused)
+    return AggregateSummary(table.num_rows, sum(c.rows for c in chunks), dict(by_status), results,
+                            tuple(unreadable), reused)
+
+
+def _write_temp(final: Path, curves: pa.Table) -> Path | None:
+    """A chunk's curves into a temp file beside FINAL (None when it has no rows); renamed later."""
+    if not curves.num_rows:
+        return None
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # hidden: dataset readers skip it
+    try:
+        pq.write_table(curves, tmp, row_group_size=curves.num_rows, **CURVES_WRITE_OPTIONS)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 # ---------------------------------------------------------------------------------------------

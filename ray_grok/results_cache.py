@@ -1,17 +1,17 @@
 """The previous results tables as a cache, so a re-aggregation re-reads only the trials that changed.
 
-aggregate.py reads the trials in chunks (plan order) and writes each chunk's curves as one row group.
+aggregate.py reads the trials in chunks (plan order) and writes each chunk's curves as its own file.
 RUN_DIR/results/.cache/index.json records, per chunk, a key (each trial's id and the stamps of its
-config.json, status.json and metrics.parquet, taken before they were read) and the chunk's row
-group, plus the stamps of the two tables it describes. The next aggregation takes a chunk whose key
-is unchanged from those tables (its slice of `trials`, its row group of `curves`) instead of from
-hundreds of small files. The sweep driver re-aggregates every few finished trials (live phase
-diagrams), when most chunks are unchanged.
+config.json, status.json and metrics.parquet, taken before they were read), its number of curves
+rows and the stamp of its curves file, plus the stamp of the trials table. The next aggregation
+keeps a chunk whose key and curves file are unchanged: its rows of `trials` come from the previous
+table and its curves file is left alone, instead of reading hundreds of small files and writing
+them again.
 
 A stamp is (inode, mtime_ns, size): every trial file is replaced by a rename (outputs.py), so a
 rewrite gets a new inode even within one mtime tick or at the same size. Anything that does not
-match (no index, other tables, another schema) falls back to reading the trial files: the cache
-makes aggregation faster, never different.
+match (no index, another trials table, another schema, a curves file replaced or missing) falls
+back to reading the trial files: the cache makes aggregation faster, never different.
 """
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ from .rundir import PlanEntry
 from .schema import CONFIG_FILE, METRICS_FILE, STATUS_FILE
 
 INDEX = Path(".cache") / "index.json"
-VERSION = 1
+VERSION = 2
 PART = "part-0.parquet"
 TRIAL_FILES = (CONFIG_FILE, STATUS_FILE, METRICS_FILE)
+
+
+def chunk_file(start: int) -> str:
+    """The curves file of the chunk whose first trial is at plan index START."""
+    return f"part-{start:07d}.parquet"
 
 
 def file_stamp(path: str | Path) -> list[int] | None:
@@ -61,61 +66,53 @@ def _trial_key(run_dir: str, entry: PlanEntry) -> list:
 class Chunk:
     start: int  # index in the plan of its first trial
     key: list | None  # None: never reused (a trial's metrics could not be read)
-    row_group: int | None  # its row group in `curves`; None when it has no curves rows
+    rows: int  # its rows in `curves`
+    curves: list[int] | None  # stamp of its curves file; None when it has no rows (and no file)
 
 
-def save_index(results: Path, chunks: list[Chunk], trials_stamp: list[int], curves_stamp: list[int]) -> None:
+@dataclass(frozen=True)
+class Kept:
+    trials: pa.Table  # the chunk's rows of the previous trials table
+    rows: int
+
+
+def save_index(results: Path, chunks: list[Chunk], trials_stamp: list[int] | None) -> None:
     (results / INDEX).parent.mkdir(exist_ok=True)
-    index = {"version": VERSION, "trials": trials_stamp, "curves": curves_stamp,
-             "chunks": [{"start": c.start, "key": c.key, "row_group": c.row_group} for c in chunks]}
+    index = {"version": VERSION, "trials": trials_stamp,
+             "chunks": [{"start": c.start, "key": c.key, "rows": c.rows, "curves": c.curves} for c in chunks]}
     atomic_write_text(results / INDEX, json.dumps(index))  # not indented: 10,000 keys
 
 
 class Previous:
-    """The previous tables, held open while the new ones are written beside them."""
+    """The previous trials table and what the index says of each chunk."""
 
-    def __init__(self, chunks: dict[int, Chunk], trials: pa.Table | None = None,
-                 curves: pq.ParquetFile | None = None, files: tuple = ()):
-        self.chunks, self.trials, self.curves, self._files = chunks, trials, curves, files
+    def __init__(self, chunks: dict[int, Chunk], trials: pa.Table | None = None):
+        self.chunks, self.trials = chunks, trials
 
     @classmethod
-    def open(cls, results: Path, trials_schema: pa.Schema, curves_schema: pa.Schema) -> Previous:
+    def open(cls, results: Path, trials_schema: pa.Schema) -> Previous:
         try:
             index = json.loads((results / INDEX).read_text())
             if index.get("version") != VERSION:
                 return cls({})
-            files = open(results / "trials" / PART, "rb"), open(results / "curves" / PART, "rb")
-        except (OSError, ValueError):
-            return cls({})
-        try:
-            # stamps of the open files, not of the paths: another aggregation may replace them meanwhile
-            if [_stamp(os.fstat(f.fileno())) for f in files] != [index["trials"], index["curves"]]:
-                raise ValueError("the tables are not the ones the index describes")
-            trials, curves = pq.read_table(files[0]), pq.ParquetFile(files[1])
-            if not (trials.schema.equals(trials_schema) and curves.schema_arrow.equals(curves_schema)):
-                raise ValueError("the tables were written with another schema")
+            with open(results / "trials" / PART, "rb") as f:
+                # the stamp of the open file, not of the path: another aggregation may replace it meanwhile
+                if _stamp(os.fstat(f.fileno())) != index["trials"]:
+                    return cls({})
+                trials = pq.read_table(f)
+            if not trials.schema.equals(trials_schema):
+                return cls({})
             chunks = {c["start"]: Chunk(**c) for c in index["chunks"]}
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
-            for f in files:
-                f.close()
             return cls({})
-        return cls(chunks, trials, curves, files)
+        return cls(chunks, trials)
 
-    def chunk(self, start: int, entries: Sequence[PlanEntry], key: list) -> tuple[pa.Table, pa.Table] | None:
-        """The chunk's rows of (trials, curves) if its key is unchanged, else None."""
+    def chunk(self, start: int, entries: Sequence[PlanEntry], key: list, curves_file: Path) -> Kept | None:
+        """The chunk as the previous aggregation left it, if its key and its curves file are unchanged."""
         c = self.chunks.get(start)
-        if c is None or c.key is None or c.key != key:
+        if c is None or c.key is None or c.key != key or file_stamp(curves_file) != c.curves:
             return None
         trials = self.trials.slice(start, len(entries))
         if trials.column("trial_id").to_pylist() != [e.trial_id for e in entries]:
             return None
-        if c.row_group is None:
-            return trials, self.curves.schema_arrow.empty_table()
-        return trials, self.curves.read_row_group(c.row_group)
-
-    def __enter__(self) -> Previous:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for f in self._files:
-            f.close()
+        return Kept(trials, c.rows)

@@ -282,7 +282,7 @@ class SweepProgress(Callback):
         self.last_print = self.last_beat = 0.0
         self.counts: dict[str, int] = {}
         self.eta: float | None = None
-        self.live_done, self.live_at = len(self.done_on_disk), 0.0
+        self.live_done, self.live_at, self.live_cost = len(self.done_on_disk), 0.0, 0.0
         self._ready = True
         write_driver(self.run_dir, RUNNING, self.started)
 
@@ -339,7 +339,9 @@ class SweepProgress(Callback):
         """Re-aggregate and add the current phase diagrams to the sweep-level TensorBoard run
         (RUN_DIR/LIVE_TB_DIR), so `tensorboard --logdir RUN_DIR` shows the diagram filling in."""
         done, now = len(self.done_on_disk), time.time()
-        due = done - self.live_done >= self.LIVE_EVERY_TRIALS and now - self.live_at >= self.LIVE_MIN_GAP_S
+        # it runs in Tune's event loop: keep it to a tenth of the driver's time however large the sweep
+        gap = max(self.LIVE_MIN_GAP_S, 10 * self.live_cost)
+        due = done - self.live_done >= self.LIVE_EVERY_TRIALS and now - self.live_at >= gap
         if not done or done == self.live_done or not (force or due):
             return
         self.live_done, self.live_at = done, now
@@ -351,6 +353,7 @@ class SweepProgress(Callback):
             log_phase_diagrams(read_results(self.run_dir, "trials"), self.run_dir / LIVE_TB_DIR, step=done)
         except Exception as exc:  # a picture must never stop the sweep
             self.echo(f"live phase diagrams skipped: {type(exc).__name__}: {exc}")
+        self.live_cost = time.time() - now
 
     def _error(self, tid: str, trial: Any) -> str:
         """The failure's message from status.json; a worker that died (out of memory, killed)

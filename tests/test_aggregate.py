@@ -58,7 +58,7 @@ def test_tables_match_the_trial_files(run_dir):
     summary = agg.aggregate(run_dir)
     assert (summary.trials, summary.curve_rows) == (N_TRIALS, N_TRIALS * N_EVALS)
     trials, curves = tables(run_dir)
-    assert pq.ParquetFile(run_dir / "results" / "curves" / "part-0.parquet").metadata.num_row_groups == 3
+    assert sorted(p.name for p in (run_dir / "results" / "curves").iterdir()) == ["part-0000000.parquet", "part-0000004.parquet", "part-0000008.parquet"]
     for i in (0, 5, 11):
         out = trial_dir(run_dir, i)
         row = trials.iloc[i]
@@ -105,16 +105,51 @@ def test_a_rewrite_with_the_same_size_and_mtime_is_seen(run_dir):
     assert summary.reused_trials == N_TRIALS - CHUNK and summary.by_status["fail"] == 1
 
 
+def test_unchanged_chunks_keep_their_curves_files_untouched(run_dir):
+    agg.aggregate(run_dir)
+    curves = run_dir / "results" / "curves"
+    before = {p.name: os.stat(p) for p in curves.iterdir()}
+    write_json(trial_dir(run_dir, 9) / "status.json", {"state": "running", "step": 1})  # third chunk
+    assert agg.aggregate(run_dir).reused_trials == N_TRIALS - CHUNK
+    after = {p.name: os.stat(p) for p in curves.iterdir()}
+    assert sorted(after) == sorted(before)
+    for name in ("part-0000000.parquet", "part-0000004.parquet"):
+        assert (after[name].st_ino, after[name].st_mtime_ns) == (before[name].st_ino, before[name].st_mtime_ns)
+    assert after["part-0000008.parquet"].st_ino != before["part-0000008.parquet"].st_ino
+
+
 def test_cache_that_does_not_describe_the_tables_is_not_used(run_dir, tmp_path_factory):
     agg.aggregate(run_dir)
     index = run_dir / "results" / ".cache" / "index.json"
     index.write_text("{not json")
     assert agg.aggregate(run_dir).reused_trials == 0
-    # the tables replaced behind its back (here: by a copy, a new inode)
-    curves = run_dir / "results" / "curves" / "part-0.parquet"
+    # a curves file replaced behind its back (here: by a copy, a new inode): that chunk is re-read
+    curves = run_dir / "results" / "curves" / "part-0000004.parquet"
     curves.with_name("copy").write_bytes(curves.read_bytes())
     os.replace(curves.with_name("copy"), curves)
+    assert agg.aggregate(run_dir).reused_trials == N_TRIALS - CHUNK
+    curves.unlink()  # or deleted
+    assert agg.aggregate(run_dir).reused_trials == N_TRIALS - CHUNK
+    # the trials table replaced: nothing is reused
+    trials = run_dir / "results" / "trials" / "part-0.parquet"
+    trials.with_name("copy").write_bytes(trials.read_bytes())
+    os.replace(trials.with_name("copy"), trials)
     assert agg.aggregate(run_dir).reused_trials == 0
+    assert_same(tables(run_dir), cold(run_dir, tmp_path_factory))
+
+
+def test_files_of_an_older_layout_and_of_emptied_chunks_are_removed(run_dir, tmp_path_factory):
+    curves = run_dir / "results" / "curves"
+    curves.mkdir(parents=True)
+    pq.write_table(pq.read_table(trial_dir(run_dir, 0) / "metrics.parquet"), curves / "part-0.parquet")
+    agg.aggregate(run_dir)
+    assert sorted(p.name for p in curves.iterdir()) == ["part-0000000.parquet", "part-0000004.parquet", "part-0000008.parquet"]
+    for i in range(4, 8):  # every trial of the second chunk starts over: no evaluation yet
+        (trial_dir(run_dir, i) / "metrics.parquet").unlink()
+        write_json(trial_dir(run_dir, i) / "status.json", {"state": "running", "step": 0})
+    summary = agg.aggregate(run_dir)
+    assert summary.curve_rows == (N_TRIALS - CHUNK) * N_EVALS
+    assert sorted(p.name for p in curves.iterdir()) == ["part-0000000.parquet", "part-0000008.parquet"]
     assert_same(tables(run_dir), cold(run_dir, tmp_path_factory))
 
 
@@ -144,8 +179,8 @@ def test_a_failed_aggregation_leaves_the_previous_tables_and_no_temp_files(run_d
     with pytest.raises(ConfigError, match="model.depth"):
         agg.aggregate(run_dir)
     assert_same(tables(run_dir), before)
-    for table in ("trials", "curves"):
-        assert sorted(p.name for p in (run_dir / "results" / table).iterdir()) == ["part-0.parquet"]
+    assert [p.name for p in (run_dir / "results" / "trials").iterdir()] == ["part-0.parquet"]
+    assert sorted(p.name for p in (run_dir / "results" / "curves").iterdir()) == ["part-0000000.parquet", "part-0000004.parquet", "part-0000008.parquet"]
 
 
 def test_flat_config_takes_a_resolved_config_as_is_and_validates_anything_else():
