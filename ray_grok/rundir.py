@@ -9,7 +9,7 @@
                          status.json, TensorBoard events, checkpoints/), plus attempts.json and
                          train.log written by the sweep layer
       tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors)
-      results/trials/part-0.parquet, results/curves/part-0.parquet   (`ray-grok aggregate`)
+      results/trials/part-0.parquet, results/curves/part-*.parquet   (`ray-grok aggregate`)
       slurm/jobs.jsonl   the Slurm jobs `launch --cluster` submitted; slurm/JOB/ their logs and Ray files
 
 Nothing here imports Ray: `status` and `aggregate` work from the files, anywhere they are visible.
