@@ -68,7 +68,12 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
 
             outcome = launch(plan, echo=click.echo)
         else:
-            _launch_on_slurm(profile, grid, out, resume, wait, dry_run, gpu_tflops)
+            from .slurm import SubmitError
+
+            try:
+                _launch_on_slurm(profile, grid, out, resume, wait, dry_run, gpu_tflops)
+            except SubmitError as exc:
+                raise click.ClickException(str(exc)) from exc
             return
     except _domain_errors() as exc:
         raise click.ClickException(str(exc)) from exc

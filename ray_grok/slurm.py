@@ -131,6 +131,10 @@ def driver_result(job: submitit.Job) -> Any:
 # `ray-grok launch GRID --cluster PROFILE` for a Slurm profile
 # ---------------------------------------------------------------------------------------------
 
+class SubmitError(RuntimeError):
+    """Slurm refused the job; the message is sbatch's."""
+
+
 @dataclass(frozen=True)
 class SlurmLaunch:
     job: submitit.Job
@@ -164,7 +168,10 @@ def launch_sweep(profile: SlurmProfile, plan: Launch) -> SlurmLaunch:
     prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
     # the driver reads the grid stored in RUN_DIR, not GRID: the job may start on a node that
     # does not see the login node's working directory
-    job = submit(profile, plan.run_dir, sweep_driver)
+    try:
+        job = submit(profile, plan.run_dir, sweep_driver)
+    except submitit.core.utils.FailedJobError as exc:  # sbatch refused: no controller, bad partition, ...
+        raise SubmitError(f"sbatch refused the job for {plan.run_dir} ({profile.source}): {str(exc).strip()}") from exc
     with open(plan.run_dir / SLURM_JOBS_FILE, "a") as f:
         f.write(json.dumps({"job_id": job.job_id, "profile": profile.source, "submitted": time.time()}) + "\n")
     return SlurmLaunch(job, plan.run_dir, job_logs(plan.run_dir, job))

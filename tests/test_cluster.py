@@ -432,6 +432,22 @@ def test_launch_on_slurm_without_sbatch_fails_before_creating_the_run_dir(tmp_pa
     assert not (tmp_path / "store").exists()
 
 
+def test_launch_says_why_sbatch_refused_the_job(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {"sbatch": "echo 'sbatch: error: Batch job submission failed: Unable to contact slurm "
+                                 "controller (connect failure)' >&2; exit 1",
+                       "srun": "exit 0", "squeue": "exit 1"}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{text}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    profile = write_profile(tmp_path, f"kind: slurm\nstorage_root: {tmp_path}/store\n")
+    res = _launch(str(ROOT / "grids/smoke.yaml"), "--cluster", str(profile))
+    assert res.exit_code == 1, res.output
+    assert "sbatch refused the job" in res.output and "Unable to contact slurm controller" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_launch_with_a_bad_profile_names_the_key(tmp_path):
     profile = write_profile(tmp_path, f"kind: slurm\nstorage_root: {tmp_path}\nnodez: 2\n")
     res = _launch(str(ROOT / "grids/smoke.yaml"), "--cluster", str(profile), "--dry-run")
