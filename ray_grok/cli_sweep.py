@@ -49,18 +49,15 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
     Example: ray-grok launch grids/smoke.yaml --out runs/smoke
     Example: ray-grok launch grids/full.yaml --cluster cluster/mycluster.yaml --dry-run
     """
-    from .cluster import LocalProfile, load_profile, run_dir_for
+    from .cluster import LocalProfile, load_profile, plan_for
     from .cost import dry_run_text
-    from .rundir import resolve
 
     try:
         profile = load_profile(cluster_path) if cluster_path is not None else LocalProfile()
+        if isinstance(profile, LocalProfile) and wait:
+            raise click.UsageError("--wait is for a Slurm --cluster profile (a local launch always waits)")
+        plan = plan_for(profile, grid, out, resume)
         if isinstance(profile, LocalProfile):
-            if wait:
-                raise click.UsageError("--wait is for a Slurm --cluster profile (a local launch always waits)")
-            plan = resolve(grid, out, resume)
-            if out is None and profile.storage_root:
-                plan = resolve(grid, run_dir_for(profile, plan.spec.name), resume)
             if dry_run:
                 click.echo(dry_run_text(plan, gpu_tflops))
                 return
@@ -71,7 +68,7 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
             from .slurm import SubmitError
 
             try:
-                _launch_on_slurm(profile, grid, out, resume, wait, dry_run, gpu_tflops)
+                _launch_on_slurm(profile, plan, wait, dry_run, gpu_tflops)
             except SubmitError as exc:
                 raise click.ClickException(str(exc)) from exc
             return
@@ -84,12 +81,10 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
         raise click.ClickException(f"{outcome.errored} trials errored; see `ray-grok status {outcome.run_dir}`")
 
 
-def _launch_on_slurm(profile, grid: Path | None, out: Path | None, resume: bool, wait: bool, dry_run: bool,
-                     gpu_tflops: float | None) -> None:
+def _launch_on_slurm(profile, plan, wait: bool, dry_run: bool, gpu_tflops: float | None) -> None:
     from .cost import dry_run_text
-    from .slurm import follow, launch_sweep, plan_for, render_sbatch
+    from .slurm import follow, launch_sweep, render_sbatch
 
-    plan = plan_for(profile, grid, out, resume)
     if dry_run:
         click.echo(dry_run_text(plan, gpu_tflops))
         click.echo(f"\nwould submit one Slurm job ({profile.source}), run directory {plan.run_dir}:\n")

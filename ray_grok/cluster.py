@@ -28,6 +28,7 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 from .config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
+from .rundir import Launch, resolve
 
 # Ray appends about 63 characters to its temp dir for socket paths, and AF_UNIX paths stop at 107
 # bytes; the per-job temp dir is TEMP_ROOT/rgUID-JOBID-RANK, so TEMP_ROOT has to stay short.
@@ -382,7 +383,16 @@ def validate_profile(p: Profile) -> None:
         fail("ray.stop_timeout_s", r.stop_timeout_s, "> 0")
 
 
+def runs_root(profile: Profile) -> Path:
+    """Where run directories go under this profile: storage_root, else runs/ here."""
+    return Path(profile.storage_root) if profile.storage_root else Path("runs")
+
+
 def run_dir_for(profile: Profile, name: str) -> Path:
     """The run directory of a grid named `name` under this profile's storage root."""
-    root = profile.storage_root
-    return (Path(root) if root else Path("runs")).resolve() / name
+    return (runs_root(profile) / name).resolve()
+
+
+def plan_for(profile: Profile, grid: Path | None, out: Path | None, resume: bool) -> Launch:
+    """The sweep to launch under this profile: RUN_DIR is OUT, else storage_root/<grid name>."""
+    return resolve(grid, out, resume, root=runs_root(profile))

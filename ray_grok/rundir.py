@@ -76,8 +76,9 @@ class Launch:
     run_dir: Path
 
 
-def resolve(grid: Path | None, out: Path | None, resume: bool) -> Launch:
-    """The grid (the file given, or RUN_DIR's stored copy with --resume) and the run directory."""
+def resolve(grid: Path | None, out: Path | None, resume: bool, root: Path = Path("runs")) -> Launch:
+    """The grid (the file given, or RUN_DIR's stored copy with --resume) and the run directory:
+    OUT, else ROOT/<grid name>."""
     if grid is None:
         if not (resume and out is not None):
             raise GridError("give a GRID file, or --resume --out RUN_DIR to continue a sweep")
@@ -86,7 +87,7 @@ def resolve(grid: Path | None, out: Path | None, resume: bool) -> Launch:
         spec, text = stored_grid(out), (out / GRID_FILE).read_text()
     else:
         spec, text = load_grid(grid), Path(grid).read_text()
-    run_dir = (out if out is not None else Path("runs") / spec.name).resolve()
+    run_dir = (out if out is not None else Path(root) / spec.name).resolve()
     if resume and not (run_dir / GRID_FILE).exists():
         raise RunDirError(f"nothing to resume: {run_dir} holds no sweep (no {GRID_FILE})")
     return Launch(spec, text, expand(spec), run_dir)

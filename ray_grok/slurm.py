@@ -15,7 +15,6 @@ submitit's files and logs go to RUN_DIR/slurm/JOB/, next to the Ray rendezvous d
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import shutil
@@ -28,9 +27,9 @@ from typing import Any, Callable
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from .cluster import ProfileError, RaySettings, SlurmProfile, run_dir_for
+from .cluster import ProfileError, RaySettings, SlurmProfile
 from .ray_cluster import Driver, checkpoint_budget_s, interrupt_driver, run_task, sweep_driver
-from .rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, resolve, slurm_jobs
+from .rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, slurm_jobs
 from .task_env import job_dir
 
 SUBMITIT_FOLDER = "slurm/%j"  # under RUN_DIR; submitit puts one job's files in it
@@ -140,14 +139,6 @@ class SlurmLaunch:
     job: submitit.Job
     run_dir: Path
     logs: Path
-
-
-def plan_for(profile: SlurmProfile, grid: Path | None, out: Path | None, resume: bool) -> Launch:
-    """The sweep to submit: RUN_DIR is --out, else storage_root/<grid name> (on the shared file system)."""
-    plan = resolve(grid, out, resume)
-    if out is None:
-        plan = dataclasses.replace(plan, run_dir=run_dir_for(profile, plan.spec.name))
-    return plan
 
 
 def _in_queue(job_id: str) -> bool:
