@@ -39,7 +39,15 @@ def save_latest(state: dict, ckpt_dir: Path) -> None:
     latest = ckpt_dir / LATEST
     tmp = _write_synced(state, latest)
     if latest.exists():
-        os.replace(latest, ckpt_dir / PREVIOUS)
+        # previous becomes a second name of the old latest, so that latest.pt exists at every
+        # moment: renaming it away first left an instant where a kill found only previous.pt
+        link = ckpt_dir / (PREVIOUS + ".link")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(latest, link)
+            os.replace(link, ckpt_dir / PREVIOUS)
+        except OSError:  # a file system without hard links: the plain rename
+            os.replace(latest, ckpt_dir / PREVIOUS)
     os.replace(tmp, latest)
 
 
