@@ -42,6 +42,10 @@ class TaskConfig:
     )
     n_ood: int = doc("number of held-out o.o.d. tasks, drawn from the tasks not used for pre-training", 256)
     n_examples: int = doc("examples (x, y, z) per sequence; a row is 3 * n_examples tokens", 32)
+    batch_inputs: Literal["shared", "independent"] = doc(
+        "training rows' inputs: shared = every task in a batch gets the same input sequences, only z "
+        "differs (the authors' loader); independent = drawn per row", "shared"
+    )
     data_seed: int = doc("seed of the alpha split of the inputs (the same for every trial)", 0)
 
 

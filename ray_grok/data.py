@@ -123,14 +123,19 @@ def build_rows(tasks: torch.Tensor, inputs: torch.Tensor, p: int) -> torch.Tenso
 class BatchSampler:
     """Training batches on the device: every batch holds rows_per_task rows of every task.
 
-    Examples in a row are drawn uniformly with replacement from the train inputs. Its only state
-    is a torch.Generator on the same device, saved in checkpoints so a resume draws the same
-    batches as an uninterrupted run.
+    Examples in a row are drawn uniformly with replacement from the train inputs. With
+    shared=True (the authors' loader) a batch draws rows_per_task input sequences and every task
+    gets all of them, so the rows of two tasks differ only in their z tokens; otherwise every row
+    draws its own. Its only state is a torch.Generator on the same device, saved in checkpoints so
+    a resume draws the same batches as an uninterrupted run.
     """
 
-    def __init__(self, sets: TaskSets, rows_per_task: int, n_examples: int, device: torch.device, seed: int):
+    def __init__(self, sets: TaskSets, rows_per_task: int, n_examples: int, device: torch.device, seed: int,
+                 shared: bool = True):
         self.p = sets.p
         self.n_examples = n_examples
+        self.rows_per_task = rows_per_task
+        self.shared = shared
         self.inputs = torch.tensor(sets.train_inputs, dtype=torch.long, device=device)  # (N, 2)
         tasks = torch.tensor(sets.id_tasks, dtype=torch.long, device=device)  # (T, 2)
         self.row_tasks = tasks.repeat_interleave(rows_per_task, dim=0)  # (B, 2), fixed
@@ -140,10 +145,12 @@ class BatchSampler:
 
     def next(self) -> torch.Tensor:
         """A (B, 3 * n_examples) long tensor of token rows."""
-        idx = torch.randint(
-            len(self.inputs), (len(self.row_tasks), self.n_examples),
-            generator=self.generator, device=self.inputs.device,
-        )
+        n_seqs = self.rows_per_task if self.shared else len(self.row_tasks)
+        idx = torch.randint(len(self.inputs), (n_seqs, self.n_examples),
+                            generator=self.generator, device=self.inputs.device)
+        if self.shared:
+            # rows are grouped by task (repeat_interleave), so tiling gives row i sequence i % rows_per_task
+            idx = idx.repeat(len(self.row_tasks) // self.rows_per_task, 1)
         return build_rows(self.row_tasks, self.inputs[idx], self.p)
 
     def state_dict(self) -> dict:

@@ -96,7 +96,8 @@ def build_parts(cfg: TrialConfig) -> TrialParts:
     forward = torch.compile(model) if compile_on else model
     optimizer = build_optimizer(model, cfg.train, fused=cuda)
     # separate streams for batches and evaluation rows, both derived from the trial seed
-    sampler = BatchSampler(sets, cfg.rows_per_task, cfg.task.n_examples, device, seed=cfg.seed * 1_000_003 + 1)
+    sampler = BatchSampler(sets, cfg.rows_per_task, cfg.task.n_examples, device, seed=cfg.seed * 1_000_003 + 1,
+                           shared=cfg.task.batch_inputs == "shared")
     eval_rows = cfg.eval.batches * cfg.train.batch_size
     eval_sets = make_eval_sets(sets, eval_rows, cfg.task.n_examples, device, seed=cfg.seed * 1_000_003 + 2)
 

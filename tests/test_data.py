@@ -75,6 +75,24 @@ def test_batches_balanced_one_task_per_row_and_from_train_inputs():
         assert fits == [(a, b)]
 
 
+def test_shared_batch_inputs_give_every_task_the_same_input_sequences():
+    cfg = load_config(None, ["task.n_id=8", "train.batch_size=32"])
+    s = make_task_sets(cfg.task, seed=0)
+    rows = {}
+    for mode in ("shared", "independent"):
+        sampler = BatchSampler(s, cfg.rows_per_task, 32, torch.device("cpu"), seed=0, shared=mode == "shared")
+        rows[mode] = sampler.next().view(8, 4, 32, 3)  # (task, row of the task, example, x/y/z)
+        check_rows(rows[mode].view(32, 96), 29, s.train_inputs, sampler.row_tasks)
+    xy = rows["shared"][..., :2]
+    # every task sees the 4 sequences of task 0, in the same order; only z differs between tasks
+    assert torch.equal(xy, xy[:1].expand_as(xy))
+    assert not torch.equal(rows["shared"][..., 2], rows["shared"][:1, ..., 2].expand(8, 4, 32))
+    # the 4 rows of one task are not copies of each other, and independent rows are not shared
+    assert len({tuple(r.flatten().tolist()) for r in xy[0]}) == 4
+    ind = rows["independent"][..., :2]
+    assert not torch.equal(ind, ind[:1].expand_as(ind))
+
+
 def test_sampler_state_round_trip_gives_the_same_batches():
     cfg = load_config(None, ["task.n_id=8", "train.batch_size=16"])
     s = make_task_sets(cfg.task, seed=0)
