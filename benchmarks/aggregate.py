@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic sweep builder
 
-from ray_grok.phases import PhaseRule, classify_trials, phase_table
-from ray_grok.plots import plot_all
+from ray_grok.results.phases import PhaseRule, classify_trials, phase_table
+from ray_grok.results.plots import plot_all
 from synthetic import sweep, write_run_dir  # noqa: E402
 
 GOAL_S = 10.0
@@ -37,8 +37,8 @@ GOAL_S = 10.0
 def touch_trials(run_dir: Path, n: int) -> int:
     """Rewrite status.json of N trials in the middle of the plan, as N trials finishing mid-sweep do
     (Tune starts trials in plan order, so those running at once are near each other in it)."""
-    from ray_grok.outputs import read_json, write_json
-    from ray_grok.rundir import read_plan
+    from ray_grok.trial.outputs import read_json, write_json
+    from ray_grok.sweep.rundir import read_plan
 
     plan = read_plan(run_dir).entries
     entries = plan[len(plan) // 2:len(plan) // 2 + n]
@@ -85,9 +85,9 @@ def main() -> None:
             with timed("plots"):
                 paths = plot_all(trials, curves, Path(tmp) / "plots", rule)
         else:
-            from ray_grok.aggregate import aggregate
-            from ray_grok.phases import read_results
-            from ray_grok.plots import plot_run
+            from ray_grok.results.aggregate import aggregate
+            from ray_grok.results.phases import read_results
+            from ray_grok.results.plots import plot_run
 
             run_dir = args.run_dir or Path(tmp) / "run"
             if not (run_dir / "plan.json").exists():

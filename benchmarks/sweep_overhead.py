@@ -56,13 +56,13 @@ def rss_mb() -> float:
 
 def one(n: int) -> dict:
     """Run the sweep of N trials in this process; return the measurements."""
-    from ray_grok import sweep
-    from ray_grok.rundir import trial_states
+    from ray_grok.sweep.launch import launch as run_sweep
+    from ray_grok.sweep.rundir import resolve, trial_states
 
     tmp = Path(tempfile.mkdtemp(prefix="rg-overhead-"))
     path = tmp / "grid.yaml"
     path.write_text(yaml.safe_dump(grid(n), sort_keys=False))
-    launch = sweep.resolve(path, tmp / "run", resume=False)
+    launch = resolve(path, tmp / "run", resume=False)
 
     samples: list[float] = []
     stop = threading.Event()
@@ -75,7 +75,7 @@ def one(n: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    outcome = sweep.launch(launch, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    outcome = run_sweep(launch, echo=lambda line: print(line, file=sys.stderr, flush=True))
     total = time.perf_counter() - t0
     stop.set()
     sampler.join()

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the reference model beside this file
 
-from ray_grok.config import load_config  # noqa: E402
-from ray_grok.trial import build_parts, evaluate_all, forward_backward, optimizer_step  # noqa: E402
+from ray_grok.trial.config import load_config  # noqa: E402
+from ray_grok.trial.run import build_parts, evaluate_all, forward_backward, optimizer_step  # noqa: E402
 
 CPU_CONFIGS = {
     "A": ["model.width=128", "model.depth=2", "model.heads=4", "train.batch_size=64", "task.n_id=64", "task.alpha=0.6"],

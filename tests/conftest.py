@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_grok.config import TrialConfig, load_config
+from ray_grok.trial.config import TrialConfig, load_config
 
 # Two random tasks mod 7, 8 examples a row: a 2-block model memorizes them in a few hundred steps.
 TINY = (

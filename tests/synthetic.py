@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ray_grok.config import SETS, TrialConfig
-from ray_grok.phases import PHASES
-from ray_grok.schema import DONE, EVAL_COLUMNS, METRICS_COLUMNS
+from ray_grok.trial.config import SETS, TrialConfig
+from ray_grok.results.phases import PHASES
+from ray_grok.trial.schema import DONE, EVAL_COLUMNS, METRICS_COLUMNS
 
 HIGH, LOW = 0.95, 0.06  # LOW minus any jitter here stays near chance (1/29 = 0.034)
 # Which sets a run of each phase fits, in SETS order (id_train, id_test, ood_train, ood_test).
@@ -249,8 +249,8 @@ def write_run_dir(root: Path, trials, curves) -> Path:
     status.json, metrics.parquet), as `ray-grok aggregate` finds it after a sweep."""
     import pyarrow.parquet as pq
 
-    from ray_grok.config import unflatten
-    from ray_grok.outputs import METRICS_SCHEMA, write_json
+    from ray_grok.trial.config import unflatten
+    from ray_grok.trial.outputs import METRICS_SCHEMA, write_json
 
     cfg_cols = [c for c in trials.columns if "." in c or c == "seed"]
     entries = []

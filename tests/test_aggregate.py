@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_grok import aggregate as agg
-from ray_grok.config import ConfigError, TrialConfig, load_config
-from ray_grok.outputs import read_json, write_json
-from ray_grok.rundir import read_plan
+from ray_grok.results import aggregate as agg
+from ray_grok.trial.config import ConfigError, TrialConfig, load_config
+from ray_grok.trial.outputs import read_json, write_json
+from ray_grok.sweep.rundir import read_plan
 from synthetic import sweep, write_run_dir
 
 N_TRIALS, N_EVALS, CHUNK = 12, 6, 4

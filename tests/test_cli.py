@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from ray_grok.cli import main
-from ray_grok.config import VALID_KEYS
+from ray_grok.trial.config import VALID_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from ray_grok.cluster import (
+from ray_grok.cluster.profiles import (
     PORT_CEILING, LocalProfile, ProfileError, RaySettings, SlurmProfile, describe_profile_keys, load_profile,
     parse_time_min, profile_from_dict,
 )
-from ray_grok.procs import ENV_MARK, Proc, _stat, marked_processes, proc_alive, spawn, stop_processes
-from ray_grok.ray_cluster import write_token
-from ray_grok.ray_layout import (
+from ray_grok.cluster.procs import ENV_MARK, Proc, _stat, marked_processes, proc_alive, spawn, stop_processes
+from ray_grok.cluster.bootstrap import write_token
+from ray_grok.cluster.layout import (
     MAX_TEMP_DIR_CHARS, NodeLayout, choose_layout, node_layout, port_slots, task_cpus, task_gpus,
 )
-from ray_grok.ray_node import ray_env, ray_start_args
-from ray_grok.slurm import RayClusterJob, render_sbatch, slurm_parameters
-from ray_grok.task_env import ClusterError, TaskEnv, job_dir, rendezvous_dir
+from ray_grok.cluster.node import ray_env, ray_start_args
+from ray_grok.cluster.slurm import RayClusterJob, render_sbatch, slurm_parameters
+from ray_grok.cluster.task_env import ClusterError, TaskEnv, job_dir, rendezvous_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -387,7 +387,7 @@ def test_job_requeues_itself_with_the_same_call(tmp_path):
 def test_submit_without_slurm_says_what_is_missing(tmp_path, monkeypatch):
     import shutil
 
-    from ray_grok import slurm
+    from ray_grok.cluster import slurm
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ProfileError, match="needs sbatch and srun on PATH .*cluster/dev/slurm-up.sh"):
@@ -467,8 +467,8 @@ def test_local_profile_storage_root_chooses_the_run_dir(tmp_path):
 
 
 def test_status_names_the_slurm_job_and_the_resume_command(tmp_path):
-    from ray_grok.rundir import prepare, resolve
-    from ray_grok.status import format_status, sweep_status
+    from ray_grok.sweep.rundir import prepare, resolve
+    from ray_grok.sweep.status import format_status, sweep_status
 
     plan = resolve(ROOT / "grids/smoke.yaml", tmp_path / "run", resume=False)
     prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)

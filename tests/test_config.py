@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from ray_grok.config import (
+from ray_grok.trial.config import (
     VALID_KEYS, ConfigError, TrialConfig, config_from_dict, describe_keys, load_config, parse_override,
 )
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ray_grok.config import load_config
-from ray_grok.data import (
+from ray_grok.trial.config import load_config
+from ray_grok.trial.data import (
     BatchSampler, TaskDrawError, alpha_split, make_eval_sets, make_task_sets, rectangular_tasks,
 )
 

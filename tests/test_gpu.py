@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from ray_grok.trial import run_trial
+from ray_grok.trial.run import run_trial
 
 pytestmark = [
     pytest.mark.gpu,

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from ray_grok.config import ModelConfig, TrainConfig
-from ray_grok.model import Transformer, z_positions
-from ray_grok.optim import build_optimizer, lr_multiplier
+from ray_grok.trial.config import ModelConfig, TrainConfig
+from ray_grok.trial.model import Transformer, z_positions
+from ray_grok.trial.optim import build_optimizer, lr_multiplier
 
 
 def small(depth=2, width=64, heads=4):

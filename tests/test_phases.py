@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ray_grok.cli_phases import phases_cmd, plot_cmd
-from ray_grok.phases import (
+from ray_grok.cli.results import phases_cmd, plot_cmd
+from ray_grok.results.phases import (
     MISSING,
     PHASES,
     Cell,

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.colors import to_rgb
 
-from ray_grok.cli_phases import plot_cmd
-from ray_grok.config import SETS
-from ray_grok.phases import PHASES, Cell, PhaseError, PhaseRule, phase_table
-from ray_grok.plots import (
+from ray_grok.cli.results import plot_cmd
+from ray_grok.trial.config import SETS
+from ray_grok.results.phases import PHASES, Cell, PhaseError, PhaseRule, phase_table
+from ray_grok.results.plots import (
     PHASE_STYLE,
     curve_columns,
     default_cells,

@@ -13,16 +13,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ray_grok.aggregate import TRIALS_SCHEMA, aggregate
+from ray_grok.results.aggregate import TRIALS_SCHEMA, aggregate
 from ray_grok.cli import main
-from ray_grok.config import TrialConfig
-from ray_grok.grid import expand, grid_from_dict
-from ray_grok.rundir import (
+from ray_grok.trial.config import TrialConfig
+from ray_grok.sweep.grid import expand, grid_from_dict
+from ray_grok.sweep.rundir import (
     RunDirError, prepare, read_plan, record_attempt, record_failure, resolve, write_driver,
 )
-from ray_grok.schema import EVAL_COLUMNS, METRICS_COLUMNS
-from ray_grok.status import format_status, sweep_status
-from ray_grok.trial import run_trial
+from ray_grok.trial.schema import EVAL_COLUMNS, METRICS_COLUMNS
+from ray_grok.sweep.status import format_status, sweep_status
+from ray_grok.trial.run import run_trial
 
 GRID = {
     "name": "files",
@@ -120,7 +120,7 @@ def test_results_are_readable_by_pyarrow_pandas_duckdb_and_the_phase_tools(run_d
     aggregate(run_dir)
     assert ds.dataset(run_dir / "results" / "trials").to_table().schema.equals(TRIALS_SCHEMA)
     assert len(pd.read_parquet(run_dir / "results" / "curves")) > 0
-    from ray_grok.phases import read_results
+    from ray_grok.results.phases import read_results
 
     assert len(read_results(run_dir, "trials")) == 4
     import duckdb

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_overrides
-from ray_grok.checkpoint import LATEST, PREVIOUS
-from ray_grok.schema import METRICS_COLUMNS
-from ray_grok.trial import NonFiniteLossError, TrialError, run_trial
+from ray_grok.trial.checkpoint import LATEST, PREVIOUS
+from ray_grok.trial.schema import METRICS_COLUMNS
+from ray_grok.trial.run import NonFiniteLossError, TrialError, run_trial
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_existing_dir_with_another_config_is_refused(reference):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import ray_grok.trial as trial
+    import ray_grok.trial.run as trial
 
     real_step = trial.train_step
 
@@ -199,7 +199,7 @@ def test_a_real_divergence_is_caught(tmp_path):
 
 
 def test_patience_stops_early_and_keeps_the_best(tmp_path, monkeypatch):
-    import ray_grok.trial as trial
+    import ray_grok.trial.run as trial
 
     real_eval = trial.evaluate_all
     calls = []

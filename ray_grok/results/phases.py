@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .config import SETS
-from .schema import DONE
+from ..trial.config import SETS
+from ..trial.schema import DONE
 
 # Ordered from "learned least" to "learned most": majority-vote ties and the legend follow it.
 PHASES = ("not fitted", "id memorization", "id generalization", "ood memorization", "ood generalization")

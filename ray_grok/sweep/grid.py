@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .config import VALID_KEYS, ConfigError, TrialConfig, config_from_dict, flatten, merge
+from ..trial.config import VALID_KEYS, ConfigError, TrialConfig, config_from_dict, flatten, merge
 
 
 class GridError(ConfigError):

@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import TrialConfig, config_from_dict
-from .outputs import METRICS_SCHEMA
-from .results_cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
-from .rundir import PENDING, RESULTS_DIR, PlanEntry, read_plan
-from .schema import BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, STATUS_FILE
+from ..trial.config import TrialConfig, config_from_dict
+from ..trial.outputs import METRICS_SCHEMA
+from .cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
+from ..sweep.rundir import PENDING, RESULTS_DIR, PlanEntry, read_plan
+from ..trial.schema import BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, STATUS_FILE
 
 BATCH_TRIALS = 256  # trials per chunk = one file of `curves` (51,200 rows at 200 evaluations)
 READ_THREADS = min(8, os.cpu_count() or 1)

@@ -1,7 +1,7 @@
 """A Ray cluster inside one Slurm job: one Ray node per Slurm task, the head and the driver on task 0.
 
 Every task of the job runs `run_task` (through submitit, see slurm.py, or through
-`python -m ray_grok.ray_cluster task` from slurm/ray-grok.sbatch):
+`python -m ray_grok.cluster.bootstrap task` from slurm/ray-grok.sbatch):
 
   task 0   writes a fresh token file (mode 0600) into the job's rendezvous directory on the shared
            file system, starts `ray start --head --block` as its child, publishes the head's address
@@ -53,10 +53,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .cluster import RaySettings
+from .profiles import RaySettings
 from .procs import ENV_MARK, become_subreaper, marked_processes, spawn, stop_processes
-from .ray_layout import NodeLayout, choose_layout, node_ip, task_cpus, task_gpus
-from .ray_node import RayNode, ray_env, ray_start_args
+from .layout import NodeLayout, choose_layout, node_ip, task_cpus, task_gpus
+from .node import RayNode, ray_env, ray_start_args
 from .task_env import ClusterError, TaskEnv, rendezvous_dir
 
 HEAD_FILE, DONE_FILE, TOKEN_FILE = "head.json", "done", "token"
@@ -344,7 +344,7 @@ def run_driver(driver: Driver, cluster: RayCluster, env: TaskEnv) -> Any:
     with contextlib.suppress(FileNotFoundError):
         result.unlink()
     child_env = {**os.environ, ENV_MARK: env.marker}
-    _driver = spawn([sys.executable, "-m", "ray_grok.ray_cluster", "driver", str(cluster.rendezvous)], child_env)
+    _driver = spawn([sys.executable, "-m", "ray_grok.cluster.bootstrap", "driver", str(cluster.rendezvous)], child_env)
     try:
         while _driver.poll() is None:
             time.sleep(POLL_S)  # signal handlers (SIGTERM, submitit's USR2) run between sleeps
@@ -551,7 +551,7 @@ def prepare_sweep(grid: str | Path, run_dir: str | Path) -> Path:
     into it: the sweep layer refuses to start a sweep in a directory that holds other files.
     `ray-grok launch --cluster` calls this on the login node before submitting; the sbatch path
     on task 0 before Ray starts. Returns the run directory."""
-    from .rundir import prepare, resolve
+    from ..sweep.rundir import prepare, resolve
 
     plan = resolve(Path(grid), Path(run_dir), resume=False)
     prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
@@ -562,8 +562,8 @@ def sweep_driver(cluster: RayCluster, grid: str | None = None) -> dict:
     """Run (or resume) the sweep of RUN_DIR against this cluster, from the grid stored in RUN_DIR
     (see prepare_sweep; `grid` is only a check that it is that grid). Finished trials are not
     re-run, unfinished ones continue from their checkpoints. sweep.launch connects via RAY_ADDRESS."""
-    from .rundir import GRID_FILE, resolve
-    from .sweep import launch
+    from ..sweep.rundir import GRID_FILE, resolve
+    from ..sweep.launch import launch
 
     run_dir = cluster.run_dir
     if not (run_dir / GRID_FILE).exists():
@@ -591,7 +591,7 @@ def resolve_driver(name: str) -> Driver:
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m ray_grok.ray_cluster task ...   (one srun task of slurm/ray-grok.sbatch)
+# python -m ray_grok.cluster.bootstrap task ...   (one srun task of slurm/ray-grok.sbatch)
 # ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,8 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
     import yaml
 
-    from .cluster import ProfileError, SlurmProfile, load_profile, run_dir_for
-    from .config import ConfigError
+    from .profiles import ProfileError, SlurmProfile, load_profile, run_dir_for
+    from ..trial.config import ConfigError
 
     @click.group()
     def cli() -> None:
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     def task(profile_path: str, grid: str | None, run_dir: str | None, driver: str, args: tuple[str, ...]) -> None:
         """Run this Slurm task's part: Ray head + driver on task 0, a Ray worker on the others.
 
-        Example: srun python -m ray_grok.ray_cluster task --profile cluster/dev-slurm.yaml --grid grids/smoke.yaml
+        Example: srun python -m ray_grok.cluster.bootstrap task --profile cluster/dev-slurm.yaml --grid grids/smoke.yaml
         """
         try:
             profile = load_profile(profile_path)
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             if run_dir is None:
                 if grid is None:
                     raise click.UsageError("give --run-dir or --grid")
-                from .grid import load_grid
+                from ..sweep.grid import load_grid
 
                 run_dir = str(run_dir_for(profile, load_grid(grid).name))
             kwargs = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in args)}
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         """Task 0's driver child (started by run_driver)."""
         sys.exit(_driver_child(Path(rendezvous)))
 
-    return cli.main(args=argv, prog_name="python -m ray_grok.ray_cluster", standalone_mode=True)
+    return cli.main(args=argv, prog_name="python -m ray_grok.cluster.bootstrap", standalone_mode=True)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError
+from ..trial.config import ConfigError
 
 
 def _domain_errors() -> tuple[type[Exception], ...]:
-    from .data import TaskDrawError
-    from .trial import TrialError
+    from ..trial.data import TaskDrawError
+    from ..trial.run import TrialError
 
     return (ConfigError, TaskDrawError, TrialError)
 
@@ -49,8 +49,8 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
     Example: ray-grok launch grids/smoke.yaml --out runs/smoke
     Example: ray-grok launch grids/full.yaml --cluster cluster/mycluster.yaml --dry-run
     """
-    from .cluster import LocalProfile, load_profile, plan_for
-    from .cost import dry_run_text
+    from ..cluster.profiles import LocalProfile, load_profile, plan_for
+    from ..sweep.cost import dry_run_text
 
     try:
         profile = load_profile(cluster_path) if cluster_path is not None else LocalProfile()
@@ -61,11 +61,11 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
             if dry_run:
                 click.echo(dry_run_text(plan, gpu_tflops))
                 return
-            from .sweep import launch  # imports Ray
+            from ..sweep.launch import launch  # imports Ray
 
             outcome = launch(plan, echo=click.echo)
         else:
-            from .slurm import SubmitError
+            from ..cluster.slurm import SubmitError
 
             try:
                 _launch_on_slurm(profile, plan, wait, dry_run, gpu_tflops)
@@ -82,8 +82,8 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
 
 
 def _launch_on_slurm(profile, plan, wait: bool, dry_run: bool, gpu_tflops: float | None) -> None:
-    from .cost import dry_run_text
-    from .slurm import follow, launch_sweep, render_sbatch
+    from ..sweep.cost import dry_run_text
+    from ..cluster.slurm import follow, launch_sweep, render_sbatch
 
     if dry_run:
         click.echo(dry_run_text(plan, gpu_tflops))
@@ -120,7 +120,7 @@ def status_cmd(run_dir: Path) -> None:
 
     Example: ray-grok status runs/smoke
     """
-    from .status import format_status, sweep_status
+    from ..sweep.status import format_status, sweep_status
 
     try:
         click.echo(format_status(sweep_status(run_dir)))
@@ -135,7 +135,7 @@ def aggregate_cmd(run_dir: Path) -> None:
 
     Example: ray-grok aggregate runs/smoke
     """
-    from .aggregate import aggregate
+    from ..results.aggregate import aggregate
 
     try:
         s = aggregate(run_dir)

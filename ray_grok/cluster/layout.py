@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .cluster import FIXED_PORTS, PORT_CEILING, RaySettings
+from .profiles import FIXED_PORTS, PORT_CEILING, RaySettings
 from .task_env import ClusterError, TaskEnv
 
 MAX_TEMP_DIR_CHARS = 44  # Ray appends ~63 characters for its socket paths; AF_UNIX stops at 107

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .grid import GridError, GridSpec, PlannedTrial, expand, grid_from_dict, load_grid
-from .outputs import atomic_write_text, read_json, write_json
-from .schema import CONFIG_FILE, FAILED, RUNNING, STATUS_FILE
+from ..trial.outputs import atomic_write_text, read_json, write_json
+from ..trial.schema import CONFIG_FILE, FAILED, RUNNING, STATUS_FILE
 
 GRID_FILE = "grid.yaml"
 PLAN_FILE = "plan.json"
@@ -220,7 +220,7 @@ def record_attempt(out: Path) -> int:
 
 def record_failure(out: Path, error: str, steps: int) -> None:
     """Mark the trial failed with ERROR (unless run_trial already did) and keep the message."""
-    from .outputs import status_record
+    from ..trial.outputs import status_record
 
     status = _read_json_or(out / STATUS_FILE, {})
     if status.get("state") != FAILED:

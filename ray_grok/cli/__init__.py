@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, describe_keys, load_config
+from ..trial.config import ConfigError, describe_keys, load_config
 
 
 def _domain_errors():
     """Exceptions that are the user's to fix: shown as one clear line, not a traceback."""
-    from .data import TaskDrawError
-    from .trial import TrialError
+    from ..trial.data import TaskDrawError
+    from ..trial.run import TrialError
 
     return (ConfigError, TaskDrawError, TrialError)
 
@@ -44,7 +44,7 @@ def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_te
 
     Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
     """
-    from .trial import run_trial, stored_config
+    from ..trial.run import run_trial, stored_config
 
     try:
         stored = stored_config(out)
@@ -74,14 +74,11 @@ def config_cmd(config_file: Path | None, overrides: tuple[str, ...]) -> None:
 
 
 def _register() -> None:
-    from .cli_phases import phases_cmd, plot_cmd
-    from .cli_sweep import aggregate_cmd, launch_cmd, status_cmd
+    from .results import phases_cmd, plot_cmd
+    from .sweep import aggregate_cmd, launch_cmd, status_cmd
 
     for command in (launch_cmd, status_cmd, aggregate_cmd, phases_cmd, plot_cmd):
         main.add_command(command)
 
 
 _register()
-
-if __name__ == "__main__":
-    main()

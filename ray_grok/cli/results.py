@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from .phases import Cell, PhaseError, PhaseRule, format_phase_table, phase_table, read_results
+from ..results.phases import Cell, PhaseError, PhaseRule, format_phase_table, phase_table, read_results
 
 DEFAULT_RULE = PhaseRule()
 
@@ -109,7 +109,7 @@ def plot_cmd(run_dir: Path, out_dir: Path | None, fmt: str, metric: str, thresho
     Example:
       ray-grok plot runs/full --format pdf --cell 6,256,0.6 --cell 2,512,0.4
     """
-    from .plots import plot_run  # matplotlib: only for this command
+    from ..results.plots import plot_run  # matplotlib: only for this command
 
     rule = _rule(metric, threshold, time)
     try:

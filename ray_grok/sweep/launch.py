@@ -32,15 +32,15 @@ from typing import Any, Callable, Iterator
 
 from ray.tune import Callback
 
-from .aggregate import AggregateSummary, aggregate
-from .config import config_from_dict
+from ..results.aggregate import AggregateSummary, aggregate
+from ..trial.config import config_from_dict
 from .grid import GridError, GridSpec
-from .outputs import read_json, write_json
+from ..trial.outputs import read_json, write_json
 from .rundir import (
     HEARTBEAT_S, LOG_FILE, PENDING, TUNE_DIR, TUNE_EXPERIMENT, Launch, RunDirError, driver_alive, prepare,
     read_driver, read_plan, record_attempt, record_failure, resolve, trial_states, write_driver,
 )
-from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, RUNNING, SCALAR_EVAL_COLUMNS, STATUS_FILE
+from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, RUNNING, SCALAR_EVAL_COLUMNS, STATUS_FILE
 
 BEST_METRIC = "ood_test_acc_last"  # what the live view reports as "best o.o.d. accuracy"
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -175,7 +175,7 @@ def run_one(out: Path, trial_id: str, cpus: float) -> None:
     import torch
     from ray import tune
 
-    from .trial import run_trial
+    from ..trial.run import run_trial
 
     cfg = config_from_dict(read_json(out / CONFIG_FILE))
     if cfg.runtime.threads == 0:  # torch would take every core of the machine, not Ray's share
@@ -346,8 +346,8 @@ class SweepProgress(Callback):
             return
         self.live_done, self.live_at = done, now
         try:
-            from .phases import read_results
-            from .plots import log_phase_diagrams
+            from ..results.phases import read_results
+            from ..results.plots import log_phase_diagrams
 
             aggregate(self.run_dir)
             log_phase_diagrams(read_results(self.run_dir, "trials"), self.run_dir / LIVE_TB_DIR, step=done)

@@ -27,9 +27,9 @@ from typing import Any, Callable
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from .cluster import ProfileError, RaySettings, SlurmProfile
-from .ray_cluster import Driver, checkpoint_budget_s, interrupt_driver, run_task, sweep_driver
-from .rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, slurm_jobs
+from .profiles import ProfileError, RaySettings, SlurmProfile
+from .bootstrap import Driver, checkpoint_budget_s, interrupt_driver, run_task, sweep_driver
+from ..sweep.rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, slurm_jobs
 from .task_env import job_dir
 
 SUBMITIT_FOLDER = "slurm/%j"  # under RUN_DIR; submitit puts one job's files in it
@@ -171,7 +171,7 @@ def launch_sweep(profile: SlurmProfile, plan: Launch) -> SlurmLaunch:
 def follow(launch: SlurmLaunch, echo: Callable[[str], None] = print, every_s: float = 30.0) -> dict:
     """Block until the job ends, echoing the job's state and the sweep's counts when they change
     (at most every `every_s`). Returns what the sweep driver returned; raises if the job failed."""
-    from .status import sweep_status
+    from ..sweep.status import sweep_status
 
     last = ""
     while not launch.job.done():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from .config import TrialConfig
+from ..trial.config import TrialConfig
 from .grid import describe_axes
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from .config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
-from .rundir import Launch, resolve
+from ..trial.config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
+from ..sweep.rundir import Launch, resolve
 
 # Ray appends about 63 characters to its temp dir for socket paths, and AF_UNIX paths stop at 107
 # bytes; the per-job temp dir is TEMP_ROOT/rgUID-JOBID-RANK, so TEMP_ROOT has to stay short.

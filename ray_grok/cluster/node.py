@@ -12,11 +12,11 @@ import sys
 import threading
 from pathlib import Path
 
-from .cluster import RaySettings
+from .profiles import RaySettings
 from .procs import (
     ENV_MARK, Proc, descendants, marked_processes, proc_alive, reap_zombie_children, spawn, stop_processes,
 )
-from .ray_layout import NodeLayout
+from .layout import NodeLayout
 
 
 class RayNode:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .rundir import PENDING, TrialState, driver_alive, read_driver, read_plan, slurm_jobs, trial_states
-from .schema import DONE, FAILED, RUNNING
+from ..trial.schema import DONE, FAILED, RUNNING
 
 INTERRUPTED = "interrupted"  # status.json says running but no driver is alive
 ERRORED = "errored"  # status.json says failed

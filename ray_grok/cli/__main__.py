@@ -1,0 +1,4 @@
+"""`python -m ray_grok.cli`: the `ray-grok` command without its console script."""
+from . import main
+
+main()

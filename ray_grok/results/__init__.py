@@ -1,0 +1,1 @@
+"""The results of a sweep, from files alone: the trials and curves tables, phases and figures."""
