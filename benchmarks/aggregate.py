@@ -37,8 +37,8 @@ GOAL_S = 10.0
 def touch_trials(run_dir: Path, n: int) -> int:
     """Rewrite status.json of N trials in the middle of the plan, as N trials finishing mid-sweep do
     (Tune starts trials in plan order, so those running at once are near each other in it)."""
-    from ray_grok.trial.outputs import read_json, write_json
-    from ray_grok.sweep.rundir import read_plan
+    from ray_grok.io import read_json, write_json
+    from ray_grok.results.plan import read_plan
 
     plan = read_plan(run_dir).entries
     entries = plan[len(plan) // 2:len(plan) // 2 + n]

@@ -250,7 +250,8 @@ def write_run_dir(root: Path, trials, curves) -> Path:
     import pyarrow.parquet as pq
 
     from ray_grok.trial.config import unflatten
-    from ray_grok.trial.outputs import METRICS_SCHEMA, write_json
+    from ray_grok.io import write_json
+    from ray_grok.trial.schema import METRICS_SCHEMA
 
     cfg_cols = [c for c in trials.columns if "." in c or c == "seed"]
     entries = []

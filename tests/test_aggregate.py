@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_grok.results import aggregate as agg
-from ray_grok.trial.config import ConfigError, TrialConfig, load_config
-from ray_grok.trial.outputs import read_json, write_json
+from ray_grok.errors import ConfigError
+from ray_grok.trial.config import TrialConfig, load_config
+from ray_grok.io import read_json, write_json
 from ray_grok.sweep.rundir import read_plan
 from synthetic import sweep, write_run_dir
 

@@ -20,11 +20,13 @@ from ray_grok.cluster.profiles import (
 from ray_grok.cluster.procs import ENV_MARK, Proc, _stat, marked_processes, proc_alive, spawn, stop_processes
 from ray_grok.cluster.bootstrap import write_token
 from ray_grok.cluster.layout import (
-    MAX_TEMP_DIR_CHARS, NodeLayout, choose_layout, node_layout, port_slots, task_cpus, task_gpus,
+    NodeLayout, choose_layout, node_layout, port_slots, task_cpus, task_gpus,
 )
 from ray_grok.cluster.node import ray_env, ray_start_args
 from ray_grok.cluster.slurm import RayClusterJob, render_sbatch, slurm_parameters
-from ray_grok.cluster.task_env import ClusterError, TaskEnv, job_dir, rendezvous_dir
+from ray_grok.cluster.task_env import TaskEnv, job_dir, rendezvous_dir
+from ray_grok import compat
+from ray_grok.errors import ClusterError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -243,7 +245,7 @@ def test_shift_moves_to_another_block_when_ports_are_taken():
 
 def test_temp_dir_is_short_enough_for_ray_sockets():
     layout = node_layout("123456789_1234", 3, 4, RaySettings(temp_root="/tmp/abcdefghijk"), uid=123456)
-    assert len(layout.temp_dir) <= MAX_TEMP_DIR_CHARS
+    assert len(layout.temp_dir) <= compat.MAX_RAY_TEMP_DIR
     assert len(layout.temp_dir) + len("/session_2026-11-22_08-25-37_127898_12345/sockets/plasma_store") < 107
 
 

@@ -9,8 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from ray_grok.cli import main
-from ray_grok.trial.config import ConfigError, config_from_dict
-from ray_grok.sweep.grid import GridError, expand, grid_from_dict, load_grid
+from ray_grok.errors import ConfigError, GridError
+from ray_grok.sweep.grid import expand, grid_from_dict, load_grid
+from ray_grok.trial.config import config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = ROOT / "grids"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ray_grok.cli.results import phases_cmd, plot_cmd
+from ray_grok.cli import main
 from ray_grok.results.phases import (
     MISSING,
     PHASES,
@@ -239,7 +239,7 @@ def run_dir(tmp_path):
 
 def test_phases_command_prints_table_and_writes_files(run_dir):
     csv, parquet = run_dir / "phases.csv", run_dir / "phases.parquet"
-    result = CliRunner().invoke(phases_cmd, [str(run_dir), "--csv", str(csv), "--parquet", str(parquet)])
+    result = CliRunner().invoke(main, ["phases", str(run_dir), "--csv", str(csv), "--parquet", str(parquet)])
     assert result.exit_code == 0, result.output
     line = next(l for l in result.output.splitlines() if l.startswith("0.5 "))
     assert line.split() == ["0.5", "IM", "IM", "IM", "--", "IG", "OG", "OG"]
@@ -253,7 +253,7 @@ def test_phases_command_prints_table_and_writes_files(run_dir):
 
 
 def test_phases_command_rule_options(run_dir):
-    result = CliRunner().invoke(phases_cmd, [str(run_dir), "--time", "final", "--threshold", "0.9"])
+    result = CliRunner().invoke(main, ["phases", str(run_dir), "--time", "final", "--threshold", "0.9"])
     assert result.exit_code == 0, result.output
     assert PhaseRule(time="final", threshold=0.9).describe() in result.output
     grid = [l.split()[1:] for l in result.output.splitlines() if l[:2] in {"0.", "1."}]
@@ -262,10 +262,10 @@ def test_phases_command_rule_options(run_dir):
 
 
 def test_phases_command_errors_are_one_clear_line(tmp_path_factory, run_dir):
-    missing = CliRunner().invoke(phases_cmd, [str(tmp_path_factory.mktemp("not_aggregated"))])
+    missing = CliRunner().invoke(main, ["phases", str(tmp_path_factory.mktemp("not_aggregated"))])
     assert missing.exit_code == 1 and "ray-grok aggregate" in missing.output
     assert "Traceback" not in missing.output
-    bad = CliRunner().invoke(phases_cmd, [str(run_dir), "--threshold", "2"])
+    bad = CliRunner().invoke(main, ["phases", str(run_dir), "--threshold", "2"])
     assert bad.exit_code == 2 and "PhaseRule.threshold" in bad.output
 
 
@@ -275,9 +275,3 @@ def test_read_results_single_file_and_missing(tmp_path):
     (tmp_path / "results").mkdir()
     trials_frame([trial()]).to_parquet(tmp_path / "results" / "trials")
     assert read_results(tmp_path, "trials", columns=["trial_id", "status"]).shape == (1, 2)
-
-
-@pytest.mark.parametrize("command", [phases_cmd, plot_cmd])
-def test_help_has_an_example(command):
-    result = CliRunner().invoke(command, ["--help"])
-    assert result.exit_code == 0 and "Example:" in result.output and "RUN_DIR" in result.output

@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.colors import to_rgb
 
-from ray_grok.cli.results import plot_cmd
+from ray_grok.cli import main
 from ray_grok.trial.config import SETS
-from ray_grok.results.phases import PHASES, Cell, PhaseError, PhaseRule, phase_table
+from ray_grok.errors import PhaseError
+from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
 from ray_grok.results.plots import (
     PHASE_STYLE,
     curve_columns,
@@ -193,7 +194,7 @@ def run_dir(sweep, tmp_path):
 
 
 def test_plot_command_writes_figures(run_dir):
-    result = CliRunner().invoke(plot_cmd, [str(run_dir), "--format", "svg", "--cell", "6,512,0.8",
+    result = CliRunner().invoke(main, ["plot", str(run_dir), "--format", "svg", "--cell", "6,512,0.8",
                                            "--time", "final"])
     assert result.exit_code == 0, result.output
     printed = result.output.split()
@@ -204,9 +205,9 @@ def test_plot_command_writes_figures(run_dir):
 
 
 def test_plot_command_errors(run_dir, tmp_path_factory):
-    bad_cell = CliRunner().invoke(plot_cmd, [str(run_dir), "--cell", "6,512"])
+    bad_cell = CliRunner().invoke(main, ["plot", str(run_dir), "--cell", "6,512"])
     assert bad_cell.exit_code == 2 and "DEPTH,N_ID,ALPHA" in bad_cell.output
-    unknown = CliRunner().invoke(plot_cmd, [str(run_dir), "--cell", "6,100,0.5"])
+    unknown = CliRunner().invoke(main, ["plot", str(run_dir), "--cell", "6,100,0.5"])
     assert unknown.exit_code == 1 and "not in the grid" in unknown.output
-    empty = CliRunner().invoke(plot_cmd, [str(tmp_path_factory.mktemp("empty"))])
+    empty = CliRunner().invoke(main, ["plot", str(tmp_path_factory.mktemp("empty"))])
     assert empty.exit_code == 1 and "ray-grok aggregate" in empty.output

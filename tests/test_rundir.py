@@ -13,7 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ray_grok.results.aggregate import TRIALS_SCHEMA, aggregate
+from ray_grok.results.aggregate import aggregate
+from ray_grok.results.schema import TRIALS_SCHEMA
 from ray_grok.cli import main
 from ray_grok.trial.config import TrialConfig
 from ray_grok.sweep.grid import expand, grid_from_dict

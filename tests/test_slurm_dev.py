@@ -21,7 +21,8 @@ import pytest
 
 from ray_grok.cluster.profiles import SlurmProfile, load_profile
 from ray_grok.cluster.procs import Proc, marked_processes, proc_alive
-from ray_grok.cluster.bootstrap import HEAD_FILE, probe_driver
+from ray_grok.cluster.bootstrap import HEAD_FILE
+from ray_grok.cluster.driver import probe_driver
 from ray_grok.cluster.slurm import driver_result, submit
 from ray_grok.cluster.task_env import rendezvous_dir
 
@@ -216,7 +217,7 @@ def _sweep_states(run_dir: Path) -> dict[str, str]:
 
 
 def _submit_sweep(run_dir: Path, grid: Path, **profile_changes):
-    from ray_grok.cluster.bootstrap import prepare_sweep, sweep_driver
+    from ray_grok.cluster.driver import prepare_sweep, sweep_driver
 
     prepare_sweep(grid, run_dir)  # on the login node, before the job writes into RUN_DIR
     return submit(dev_profile(**profile_changes), run_dir, functools.partial(sweep_driver, grid=str(grid)))
@@ -227,7 +228,7 @@ def _assert_every_trial_once(run_dir: Path, untouched: dict[str, float]) -> None
     trials finished before an interruption were not run again (their metrics file is unchanged)."""
     import pandas as pd
 
-    from ray_grok.sweep.rundir import read_plan
+    from ray_grok.results.plan import read_plan
 
     plan = read_plan(run_dir)
     trials = pd.read_parquet(run_dir / "results/trials")
@@ -242,7 +243,7 @@ def _assert_every_trial_once(run_dir: Path, untouched: dict[str, float]) -> None
 
 
 def _metrics_mtimes(run_dir: Path, states: dict[str, str]) -> dict[str, float]:
-    from ray_grok.sweep.rundir import read_plan
+    from ray_grok.results.plan import read_plan
 
     return {e.trial_id: (run_dir / e.dir / "metrics.parquet").stat().st_mtime
             for e in read_plan(run_dir).entries if states[e.trial_id] == "done"}

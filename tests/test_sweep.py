@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from ray_grok.cli import main
 from ray_grok.sweep.rundir import read_plan, resolve
 from ray_grok.sweep.status import format_status, sweep_status
-from ray_grok.sweep.launch import LIVE_TB_DIR, launch
+from ray_grok.sweep.callbacks import LIVE_TB_DIR
+from ray_grok.sweep.launch import launch
 
 pytestmark = pytest.mark.slow
 
@@ -249,7 +250,7 @@ def test_fractional_gpus_pack_two_trials_on_one_gpu(tmp_path):
     checked is Ray's placement, which is all ray-grok adds for GPUs beyond the device choice."""
     import ray
 
-    from ray_grok.sweep.launch import concurrent_slots
+    from ray_grok.sweep.session import concurrent_slots
 
     grid = write_grid(tmp_path / "frac.yaml", axes={"task.n_id": [8], "seed": [0, 1]}, resources={"cpu": 1, "gpu": 0.5},
                       base={**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 400},

@@ -16,7 +16,8 @@ import torch
 from conftest import tiny_config, tiny_overrides
 from ray_grok.trial.checkpoint import LATEST, PREVIOUS
 from ray_grok.trial.schema import METRICS_COLUMNS
-from ray_grok.trial.run import NonFiniteLossError, TrialError, run_trial
+from ray_grok.errors import NonFiniteLossError, TrialError
+from ray_grok.trial.run import run_trial
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_tiny_config_learns(tmp_path):
     chance = 1 / 7
     assert rows[0]["id_train_acc"] < 0.35
     assert rows[-1]["id_train_acc"] > 0.5 > 3 * chance
-    assert result.state == "done" and result.step == 300
+    assert result.step == 300 and json.loads((tmp_path / "status.json").read_text())["state"] == "done"
 
 
 def test_killed_trial_resumes_bit_identical(tmp_path, reference):

@@ -1,24 +1,31 @@
-"""The `ray-grok` command: a thin shell over the library. Each command parses, calls one function,
-and turns domain errors into click errors at the edge."""
+"""The `ray-grok` command: a thin shell over the library, one file per command group.
+
+Each command parses its options and calls one library function. Errors the user can fix are
+RayGrokErrors (ray_grok.errors); the group turns them into one clear line here, at the edge, so no
+command catches them itself. Any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
-from ..trial.config import ConfigError, describe_keys, load_config
+from ..errors import RayGrokError
+from .results import phases_cmd, plot_cmd
+from .sweep import aggregate_cmd, launch_cmd, status_cmd
+from .task import task_cmd
+from .trial import config_cmd, train
 
 
-def _domain_errors():
-    """Exceptions that are the user's to fix: shown as one clear line, not a traceback."""
-    from ..trial.data import TaskDrawError
-    from ..trial.run import TrialError
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RayGrokError as exc:
+            raise click.ClickException(str(exc)) from exc
 
-    return (ConfigError, TaskDrawError, TrialError)
 
-
-@click.group()
+@click.group(cls=_Main)
 @click.version_option(package_name="ray-grok")
 def main() -> None:
     """ray-grok: run He et al. 2024's modular-arithmetic phase diagrams as sweeps.
@@ -28,57 +35,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="trial directory (created; an unfinished trial there is resumed)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML file of config keys (see `ray-grok config`)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override one config key, e.g. --set task.alpha=0.7 (repeatable)")
-@click.option("--no-tensorboard", is_flag=True, help="do not write TensorBoard event files")
-def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_tensorboard: bool) -> None:
-    """Train one trial into OUT, printing progress; run it again to resume.
-
-    On an existing OUT, --config and --set apply on top of its stored config: runtime keys
-    (device, threads, ...) may change on resume, experiment keys may not.
-
-    Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
-    """
-    from ..trial.run import run_trial, stored_config
-
-    try:
-        stored = stored_config(out)
-        cfg = load_config(config_file, overrides, base=stored.to_dict() if stored else None)
-        run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
-    except _domain_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@main.command("config")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="show this file's resolved config instead of the defaults")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override one key (repeatable)")
-def config_cmd(config_file: Path | None, overrides: tuple[str, ...]) -> None:
-    """List every config key with its value (default: the paper's) and meaning.
-
-    Example: ray-grok config --set model.depth=2
-    """
-    try:
-        cfg = load_config(config_file, overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    flat = cfg.flat()
-    width = max(len(k) for k, _, _ in describe_keys())
-    for key, _, help_text in describe_keys():
-        click.echo(f"{key:<{width}}  {flat[key]!s:<18}  {help_text}")
-
-
-def _register() -> None:
-    from .results import phases_cmd, plot_cmd
-    from .sweep import aggregate_cmd, launch_cmd, status_cmd
-
-    for command in (launch_cmd, status_cmd, aggregate_cmd, phases_cmd, plot_cmd):
-        main.add_command(command)
-
-
-_register()
+for _command in (train, config_cmd, launch_cmd, status_cmd, aggregate_cmd, phases_cmd, plot_cmd, task_cmd):
+    main.add_command(_command)

@@ -1,8 +1,4 @@
-"""`ray-grok phases` and `ray-grok plot`: thin commands over ray_grok.phases and ray_grok.plots.
-
-Registered on the main group by ray_grok.cli (main.add_command). Each parses its options, calls
-the library, and turns domain errors (bad rule, missing results, unknown cell) into one clear line.
-"""
+"""`ray-grok phases` and `ray-grok plot`: thin commands over ray_grok.results.phases and .plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from ..results.phases import Cell, PhaseError, PhaseRule, format_phase_table, phase_table, read_results
+from ..errors import PhaseError
+from ..results.phases import Cell, PhaseRule, format_phase_table, phase_table, read_results
 
 DEFAULT_RULE = PhaseRule()
 
@@ -75,10 +72,7 @@ def phases_cmd(run_dir: Path, metric: str, threshold: float, time: str,
       ray-grok phases runs/full --threshold 0.9 --time final --csv runs/full/phases.csv
     """
     rule = _rule(metric, threshold, time)
-    try:
-        table = phase_table(read_results(run_dir, "trials"), rule)
-    except PhaseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    table = phase_table(read_results(run_dir, "trials"), rule)
     click.echo(format_phase_table(table, rule))
     if csv_path is not None:
         table.to_csv(csv_path, index=False)
@@ -112,9 +106,6 @@ def plot_cmd(run_dir: Path, out_dir: Path | None, fmt: str, metric: str, thresho
     from ..results.plots import plot_run  # matplotlib: only for this command
 
     rule = _rule(metric, threshold, time)
-    try:
-        paths = plot_run(run_dir, out_dir, rule, fmt, list(cells) or None)  # type: ignore[arg-type]
-    except PhaseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    paths = plot_run(run_dir, out_dir, rule, fmt, list(cells) or None)  # type: ignore[arg-type]
     for path in paths:
         click.echo(str(path))

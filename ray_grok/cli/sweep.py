@@ -1,7 +1,7 @@
-"""`ray-grok launch`, `status` and `aggregate`: thin commands over sweep, status and aggregate.
+"""`ray-grok launch`, `status` and `aggregate`: thin commands over ray_grok.sweep and ray_grok.results.
 
-Registered on the main group by ray_grok.cli (main.add_command). Ray is imported only by
-`launch` (and not for --dry-run), so `status` and `aggregate` are quick and work without it.
+Ray is imported only by `launch` (and not for --dry-run), so `status` and `aggregate` are quick
+and work without it.
 """
 from __future__ import annotations
 
@@ -10,15 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-
-from ..trial.config import ConfigError
-
-
-def _domain_errors() -> tuple[type[Exception], ...]:
-    from ..trial.data import TaskDrawError
-    from ..trial.run import TrialError
-
-    return (ConfigError, TaskDrawError, TrialError)
 
 
 @click.command("launch")
@@ -52,28 +43,19 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
     from ..cluster.profiles import LocalProfile, load_profile, plan_for
     from ..sweep.cost import dry_run_text
 
-    try:
-        profile = load_profile(cluster_path) if cluster_path is not None else LocalProfile()
-        if isinstance(profile, LocalProfile) and wait:
-            raise click.UsageError("--wait is for a Slurm --cluster profile (a local launch always waits)")
-        plan = plan_for(profile, grid, out, resume)
-        if isinstance(profile, LocalProfile):
-            if dry_run:
-                click.echo(dry_run_text(plan, gpu_tflops))
-                return
-            from ..sweep.launch import launch  # imports Ray
+    profile = load_profile(cluster_path) if cluster_path is not None else LocalProfile()
+    if isinstance(profile, LocalProfile) and wait:
+        raise click.UsageError("--wait is for a Slurm --cluster profile (a local launch always waits)")
+    plan = plan_for(profile, grid, out, resume)
+    if not isinstance(profile, LocalProfile):
+        _launch_on_slurm(profile, plan, wait, dry_run, gpu_tflops)
+        return
+    if dry_run:
+        click.echo(dry_run_text(plan, gpu_tflops))
+        return
+    from ..sweep.launch import launch  # imports Ray
 
-            outcome = launch(plan, echo=click.echo)
-        else:
-            from ..cluster.slurm import SubmitError
-
-            try:
-                _launch_on_slurm(profile, plan, wait, dry_run, gpu_tflops)
-            except SubmitError as exc:
-                raise click.ClickException(str(exc)) from exc
-            return
-    except _domain_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+    outcome = launch(plan, echo=click.echo)
     if outcome.unfinished:
         raise click.ClickException(f"interrupted with {outcome.unfinished} trials unfinished: run the same "
                                    "command to resume")
@@ -122,10 +104,7 @@ def status_cmd(run_dir: Path) -> None:
     """
     from ..sweep.status import format_status, sweep_status
 
-    try:
-        click.echo(format_status(sweep_status(run_dir)))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    click.echo(format_status(sweep_status(run_dir)))
 
 
 @click.command("aggregate")
@@ -137,9 +116,6 @@ def aggregate_cmd(run_dir: Path) -> None:
     """
     from ..results.aggregate import aggregate
 
-    try:
-        s = aggregate(run_dir)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    s = aggregate(run_dir)
     states = ", ".join(f"{v} {k}" for k, v in sorted(s.by_status.items()))
     click.echo(f"{s.trials} trials ({states}), {s.curve_rows} curve rows -> {s.path}/trials, {s.path}/curves")

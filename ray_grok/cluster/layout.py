@@ -6,8 +6,8 @@ the node and the profile's `ray` settings, plus a few probes of the host (free p
   object managers, metrics, worker range) chosen from the job id and the task's rank on the node,
   so two jobs, or two tasks of one job, on a node do not collide; a block whose ports are taken is
   skipped.
-- A short temp dir per job and task (/tmp/rgUID-JOB-RANK): Ray's socket paths under it must stay
-  below the 107-byte AF_UNIX limit.
+- A short temp dir per job and task (/tmp/rgUID-JOB-RANK): Ray's socket paths under it must fit
+  the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR).
 - --num-cpus and --num-gpus come from the allocation (the node's GPUs are split between its tasks).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .profiles import FIXED_PORTS, PORT_CEILING, RaySettings
-from .task_env import ClusterError, TaskEnv
-
-MAX_TEMP_DIR_CHARS = 44  # Ray appends ~63 characters for its socket paths; AF_UNIX stops at 107
+from .. import compat
+from ..errors import ClusterError
+from .profiles import FIXED_PORTS, PORT_CEILING, TASK_TEMP_DIR, RaySettings
+from .task_env import TaskEnv
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ def node_layout(job_id: str, local_rank: int, tasks_per_node: int, ray: RaySetti
     group = (_job_number(job_id) + shift) % groups
     slot = group * tasks_per_node + local_rank
     uid = os.getuid() if uid is None else uid
-    temp_dir = f"{ray.temp_root.rstrip('/')}/rg{uid}-{job_id}-{local_rank}"
-    if len(temp_dir) > MAX_TEMP_DIR_CHARS:
+    temp_dir = ray.temp_root.rstrip("/") + TASK_TEMP_DIR.format(uid=uid, job_id=job_id, rank=local_rank)
+    if len(temp_dir) > compat.MAX_RAY_TEMP_DIR:
         raise ClusterError(f"Ray temp dir {temp_dir!r} is {len(temp_dir)} characters; Ray's socket paths under it "
-                           f"need it at most {MAX_TEMP_DIR_CHARS} (shorten ray.temp_root)")
+                           f"need it at most {compat.MAX_RAY_TEMP_DIR} (shorten ray.temp_root)")
     return NodeLayout(slot=slot, base=ray.port_base + slot * ray.ports_per_node,
                       worker_ports=ray.worker_ports, temp_dir=temp_dir)
 

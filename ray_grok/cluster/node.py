@@ -1,6 +1,7 @@
 """One Ray node: the `ray start --block` command line for its layout (every port explicit, the
 object store capped), the environment of its processes (token authentication, its GPUs, the
-marker that finds them), the child process itself, and stopping it with everything it spawned.
+marker that finds them), the child process itself, stopping it with everything it spawned, and
+its record on the shared file system (node.RANK.json).
 """
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
+import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from .profiles import RaySettings
+from .. import compat
+from ..io import write_json
+from .layout import NodeLayout
 from .procs import (
     ENV_MARK, Proc, descendants, marked_processes, proc_alive, reap_zombie_children, spawn, stop_processes,
 )
-from .layout import NodeLayout
+from .profiles import RaySettings
 
 
 class RayNode:
@@ -30,8 +35,8 @@ class RayNode:
 
     def start(self) -> None:
         with open(self.log, "ab") as logf:
-            self.proc = spawn([sys.executable, "-m", "ray.scripts.scripts", "start", *self.args], self.env,
-                              stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = spawn([*compat.ray_start_command(), *self.args], self.env, stdout=logf,
+                              stderr=subprocess.STDOUT)
 
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -105,3 +110,32 @@ def ray_env(token: Path, marker: str, gpus: list[str], ray: RaySettings,
     })
     return env
 
+
+class NodeRecord:
+    """node.RANK.json: who this task is and the Ray processes it runs, refreshed every 2 seconds
+    from a thread (task 0's main thread runs the driver), so the PIDs are known if we are killed."""
+
+    def __init__(self, path: Path, node: RayNode, info: dict[str, Any]):
+        self.path, self.node, self.info = path, node, info
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="ray-grok-recorder")
+
+    def record(self, state: str = "running", **extra: Any) -> None:
+        self.node.processes()
+        write_json(self.path, {**self.info, "state": state, "updated": time.time(), **extra,
+                               "processes": [asdict(p) for p in self.node.recorded()]})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(2.0):
+            with contextlib.suppress(Exception):  # a record is informational
+                self.record()
+
+    def start(self) -> NodeRecord:
+        self.record()
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)

@@ -27,12 +27,16 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from .. import compat
+from ..errors import ProfileError
 from ..trial.config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
 from ..sweep.rundir import Launch, resolve
 
-# Ray appends about 63 characters to its temp dir for socket paths, and AF_UNIX paths stop at 107
-# bytes; the per-job temp dir is TEMP_ROOT/rgUID-JOBID-RANK, so TEMP_ROOT has to stay short.
-MAX_TEMP_ROOT_CHARS = 16
+# Each task's Ray temp dir is ray.temp_root + TASK_TEMP_DIR (cluster/layout.py), and Ray's socket
+# paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR). With a 6-digit uid, an
+# array job's id and a 2-digit rank that leaves temp_root 16 characters.
+TASK_TEMP_DIR = "/rg{uid}-{job_id}-{rank}"
+MAX_TEMP_ROOT_CHARS = compat.MAX_RAY_TEMP_DIR - len(TASK_TEMP_DIR.format(uid=123456, job_id="123456789_1234", rank=15))
 PORT_CEILING = 32768  # Linux hands out ephemeral ports from 32768 up: stay below them
 FIXED_PORTS = 16  # per Ray node: GCS, client server, dashboard, agents, node/object manager, ...
 MEM_RE = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
@@ -41,10 +45,6 @@ MANAGED_SBATCH = {
     "partition", "account", "qos", "nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "gpus-per-node",
     "mem", "time", "signal", "output", "error", "job-name", "open-mode", "requeue",
 }
-
-
-class ProfileError(ConfigError):
-    """A cluster profile is not valid; the message names the file, the key and the value."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +59,7 @@ class RaySettings:
     dashboard: bool = doc("start Ray's dashboard on the head, bound to 127.0.0.1 only (reach it "
                           "with an SSH tunnel; needs ray[default])", False)
     temp_root: str = doc(f"node-local root of the per-job Ray temp dirs; at most {MAX_TEMP_ROOT_CHARS} "
-                         "characters (AF_UNIX socket paths stop at 107 bytes)", "/tmp")
+                         "characters (Ray's socket paths under it must fit AF_UNIX's limit)", "/tmp")
     interface: str | None = doc("network interface whose IPv4 address Ray nodes announce (e.g. ib0); "
                                 "null: the default route's, else the one the hostname resolves to", None)
     join_timeout_s: float = doc("seconds the head waits for every worker to join before failing", 300.0)
@@ -374,7 +374,7 @@ def validate_profile(p: Profile) -> None:
              f"{r.ports_per_node} ports per Ray node must fit below {PORT_CEILING}, where ephemeral ports start)")
     if not os.path.isabs(r.temp_root) or len(r.temp_root) > MAX_TEMP_ROOT_CHARS:
         fail("ray.temp_root", r.temp_root, f"an absolute path of at most {MAX_TEMP_ROOT_CHARS} characters "
-             "(Ray's socket paths under it must stay below 107 bytes)")
+             f"(Ray's socket paths under it must stay below {compat.AF_UNIX_PATH_MAX} bytes)")
     if r.interface is not None and not re.fullmatch(r"[\w.:@-]+", r.interface):
         fail("ray.interface", r.interface, "a network interface name like ib0 (or null)")
     if r.join_timeout_s <= 0:

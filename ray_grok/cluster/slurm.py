@@ -2,7 +2,7 @@
 
     job = submit(profile, run_dir, functools.partial(sweep_driver, grid="grids/full.yaml"))
 
-The job has `nodes x tasks_per_node` tasks; each runs `RayClusterJob()`, i.e. `ray_cluster.run_task`:
+The job has `nodes x tasks_per_node` tasks; each runs `RayClusterJob()`, i.e. `bootstrap.run_task`:
 task 0 starts the Ray head and calls the driver, the others join as Ray workers.
 
 Time limits: Slurm sends USR2 `signal_delay_s` before the limit (to the tasks, which submitit
@@ -27,12 +27,16 @@ from typing import Any, Callable
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from .profiles import ProfileError, RaySettings, SlurmProfile
-from .bootstrap import Driver, checkpoint_budget_s, interrupt_driver, run_task, sweep_driver
-from ..sweep.rundir import SLURM_JOBS_FILE, Launch, RunDirError, prepare, slurm_jobs
+from .. import compat
+from ..errors import ProfileError, RunDirError, SubmitError
+from ..sweep.rundir import SLURM_DIR, SLURM_JOBS_FILE, Launch, prepare, slurm_jobs
+from ..sweep.status import sweep_status
+from .bootstrap import run_task
+from .driver import Driver, DriverProcess, checkpoint_budget_s, sweep_driver
+from .profiles import RaySettings, SlurmProfile
 from .task_env import job_dir
 
-SUBMITIT_FOLDER = "slurm/%j"  # under RUN_DIR; submitit puts one job's files in it
+SUBMITIT_FOLDER = f"{SLURM_DIR}/%j"  # under RUN_DIR; submitit puts one job's files in it
 
 
 class RayClusterJob(Checkpointable):
@@ -45,8 +49,13 @@ class RayClusterJob(Checkpointable):
         self.driver = driver
         self.checkpoint_s = checkpoint_s  # how long the driver gets to stop at the time limit
 
+    def __getstate__(self) -> dict:
+        # the driver child is this process's; 0.1.0 pickled the same four fields (compat.LEGACY)
+        return {k: v for k, v in self.__dict__.items() if k != "child"}
+
     def __call__(self) -> Any:
-        return run_task(self.driver, run_dir=Path(self.run_dir), ray=self.ray)
+        self.child = DriverProcess()
+        return run_task(self.driver, run_dir=Path(self.run_dir), ray=self.ray, child=self.child)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit on task 0 when USR2 (the time-limit warning) arrives. The driver gets
@@ -55,7 +64,8 @@ class RayClusterJob(Checkpointable):
         job starts again, the driver resumes the sweep from the run directory."""
         print(f"[ray-grok] time limit near: stopping the driver (up to {self.checkpoint_s:.0f} s), then "
               "requeueing; the sweep resumes from the run directory", flush=True)
-        stopped = interrupt_driver(self.checkpoint_s)
+        child = getattr(self, "child", None)  # None on the tasks that run no driver
+        stopped = child.interrupt(self.checkpoint_s) if child is not None else True
         print(f"[ray-grok] driver {'stopped' if stopped else 'still running (it will be killed)'}", flush=True)
         return DelayedSubmission(self, *args, **kwargs)
 
@@ -89,17 +99,16 @@ def submitit_folder(run_dir: Path) -> Path:
 
 def render_sbatch(profile: SlurmProfile, run_dir: Path, python: str = "python3") -> str:
     """The sbatch script `submit` hands to Slurm for this profile (submitit writes the same text)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     folder = submitit_folder(run_dir)
-    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(profile, run_dir))
+    command = " ".join([python, "-u -m", compat.SUBMIT_MODULE, shlex.quote(str(folder))])
+    return compat.make_sbatch_string(command, folder, **slurm_parameters(profile, run_dir))
 
 
 def executor(profile: SlurmProfile, run_dir: Path) -> submitit.SlurmExecutor:
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise ProfileError(f"{profile.source}: kind slurm needs sbatch and srun on PATH (run on a login node; "
                            "to try it on one machine: cluster/dev/slurm-up.sh)")
+    compat.require("submitit")  # its job runs submitit.core._submit on every task
     ex = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=profile.max_requeues,
                                 python=profile.python)
     ex.update_parameters(**slurm_parameters(profile, run_dir))
@@ -130,9 +139,6 @@ def driver_result(job: submitit.Job) -> Any:
 # `ray-grok launch GRID --cluster PROFILE` for a Slurm profile
 # ---------------------------------------------------------------------------------------------
 
-class SubmitError(RuntimeError):
-    """Slurm refused the job; the message is sbatch's."""
-
 
 @dataclass(frozen=True)
 class SlurmLaunch:
@@ -161,7 +167,7 @@ def launch_sweep(profile: SlurmProfile, plan: Launch) -> SlurmLaunch:
     # does not see the login node's working directory
     try:
         job = submit(profile, plan.run_dir, sweep_driver)
-    except submitit.core.utils.FailedJobError as exc:  # sbatch refused: no controller, bad partition, ...
+    except compat.submit_refused() as exc:  # sbatch refused: no controller, bad partition, ...
         raise SubmitError(f"sbatch refused the job for {plan.run_dir} ({profile.source}): {str(exc).strip()}") from exc
     with open(plan.run_dir / SLURM_JOBS_FILE, "a") as f:
         f.write(json.dumps({"job_id": job.job_id, "profile": profile.source, "submitted": time.time()}) + "\n")
@@ -171,7 +177,6 @@ def launch_sweep(profile: SlurmProfile, plan: Launch) -> SlurmLaunch:
 def follow(launch: SlurmLaunch, echo: Callable[[str], None] = print, every_s: float = 30.0) -> dict:
     """Block until the job ends, echoing the job's state and the sweep's counts when they change
     (at most every `every_s`). Returns what the sweep driver returned; raises if the job failed."""
-    from ..sweep.status import sweep_status
 
     last = ""
     while not launch.job.done():

@@ -1,18 +1,19 @@
-"""Who this process is in its Slurm job (rank, node, restart), and where that job's files go.
+"""Who this process is in its job (rank, node, restart), and where that job's files go.
 
-Read from the Slurm environment (through submitit's reader) by every task of a Ray-in-Slurm job;
-see ray_cluster.py for what the tasks do with it.
+Read from the Slurm environment (through submitit's reader) by every task of a Ray-in-Slurm job,
+or given (`TaskEnv.local`) to tasks started as plain processes on one host; see bootstrap.py for
+what the tasks do with it.
 """
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ClusterError(RuntimeError):
-    """The Ray cluster of this job could not be brought up (a node did not start or join)."""
-
+from .. import compat
+from ..errors import ClusterError
+from ..sweep.rundir import SLURM_DIR
 
 @dataclass(frozen=True)
 class TaskEnv:
@@ -36,18 +37,19 @@ class TaskEnv:
         return f"{self.job_id}/{self.local_rank}"
 
     @classmethod
+    def local(cls, job_id: str, rank: int, num_tasks: int) -> TaskEnv:
+        """Task RANK of NUM_TASKS started as plain processes on this host (no Slurm): one node."""
+        host = socket.gethostname()
+        return cls(job_id=str(job_id), restart=0, rank=rank, num_tasks=num_tasks, node=0, num_nodes=1,
+                   local_rank=rank, hostname=host, hostnames=(host,))
+
+    @classmethod
     def current(cls) -> TaskEnv:
         """From submitit's job environment: the submitit path sets SUBMITIT_EXECUTOR=slurm; the
         plain sbatch + srun path does not, and gets the same Slurm environment reader directly."""
-        import submitit
-        from submitit.slurm.slurm import SlurmJobEnvironment
-
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            env = submitit.JobEnvironment()
-        elif os.environ.get("SLURM_JOB_ID"):
-            env = SlurmJobEnvironment()
-        else:
+        if not (os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID")):
             raise ClusterError("not inside a Slurm job (no SLURM_JOB_ID): run this through sbatch/srun or submitit")
+        env = compat.slurm_job_environment(through_submitit=bool(os.environ.get("SUBMITIT_EXECUTOR")))
         return cls(
             job_id=str(env.job_id), restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
             rank=env.global_rank, num_tasks=env.num_tasks, node=env.node, num_nodes=env.num_nodes,
@@ -57,7 +59,7 @@ class TaskEnv:
 
 def job_dir(run_dir: Path, job_id: str) -> Path:
     """RUN_DIR/slurm/JOB: submitit's files and the Ray rendezvous directories of one Slurm job."""
-    return Path(run_dir) / "slurm" / str(job_id)
+    return Path(run_dir) / SLURM_DIR / str(job_id)
 
 
 def rendezvous_dir(run_dir: Path, job_id: str, restart: int) -> Path:

@@ -22,7 +22,6 @@ status and no curves, and named in a warning: one bad file must not stop a mid-s
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import Counter
@@ -35,11 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..trial.config import TrialConfig, config_from_dict
-from ..trial.outputs import METRICS_SCHEMA
+from ..io import read_json, read_json_or
+from ..trial.config import config_from_dict
+from ..trial.schema import (
+    BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, METRICS_SCHEMA, PENDING, STATUS_FILE,
+)
 from .cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
-from ..sweep.rundir import PENDING, RESULTS_DIR, PlanEntry, read_plan
-from ..trial.schema import BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, STATUS_FILE
+from .plan import PlanEntry, read_plan
+from .schema import CONFIG_DEFAULTS, CURVES, CURVES_SCHEMA, RESULTS_DIR, TRIALS, TRIALS_SCHEMA
 
 BATCH_TRIALS = 256  # trials per chunk = one file of `curves` (51,200 rows at 200 evaluations)
 READ_THREADS = min(8, os.cpu_count() or 1)
@@ -49,27 +51,6 @@ CURVES_WRITE_OPTIONS = {
     "use_dictionary": ["trial_id"],
     "write_statistics": [n for n in ("trial_id", *METRICS_SCHEMA.names) if n not in BY_SHOT_COLUMNS],
 }
-_DEFAULT_FLAT = TrialConfig().flat()
-
-
-def _config_fields() -> list[pa.Field]:
-    """One column per config key, typed from the config dataclasses (int64, float64, string)."""
-    kinds = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
-    return [pa.field(key, kinds.get(type(value), pa.string())) for key, value in _DEFAULT_FLAT.items()]
-
-
-def _metric_type(name: str) -> pa.DataType:
-    return pa.list_(pa.float64()) if name in BY_SHOT_COLUMNS else pa.float64()
-
-
-TRIALS_SCHEMA = pa.schema(
-    [pa.field("trial_id", pa.string()), pa.field("status", pa.string()), pa.field("steps_done", pa.int64()),
-     pa.field("wall_time", pa.float64()), pa.field("best_step", pa.int64())]
-    + _config_fields()
-    + [pa.field(f"final_{m}", _metric_type(m)) for m in EVAL_COLUMNS]
-    + [pa.field(f"best_{m}", _metric_type(m)) for m in EVAL_COLUMNS]
-)
-CURVES_SCHEMA = pa.schema([pa.field("trial_id", pa.string())] + list(METRICS_SCHEMA))
 
 
 @dataclass(frozen=True)
@@ -86,7 +67,7 @@ def aggregate(run_dir: str | Path) -> AggregateSummary:
     run_dir = Path(run_dir)
     plan = read_plan(run_dir)
     results = run_dir / RESULTS_DIR
-    trials_path, curves_path = results / "trials", results / "curves"
+    trials_path, curves_path = results / TRIALS, results / CURVES
     trials_path.mkdir(parents=True, exist_ok=True)
     curves_path.mkdir(parents=True, exist_ok=True)
 
@@ -175,8 +156,8 @@ class TrialFiles:
 
 def read_trial(run_dir: str, entry: PlanEntry) -> TrialFiles:
     out = os.path.join(run_dir, entry.dir)
-    status = _json_or_empty(os.path.join(out, STATUS_FILE))
-    config = flat_config(_read_json(os.path.join(out, CONFIG_FILE)))
+    status = read_json_or(os.path.join(out, STATUS_FILE), {})
+    config = flat_config(read_json(os.path.join(out, CONFIG_FILE)))
     try:
         with pq.ParquetFile(os.path.join(out, METRICS_FILE)) as f:
             metrics = f.read(use_threads=False)  # the pool is the parallelism; nested threads only contend
@@ -197,8 +178,8 @@ def flat_config(data: dict) -> dict:
     per trial cost more than reading its metrics. Anything else (a partial or hand-edited file)
     goes through config_from_dict, which fills defaults, coerces and names a bad value."""
     flat = _flatten(data) if isinstance(data, dict) else None
-    if flat is not None and flat.keys() == _DEFAULT_FLAT.keys() and all(
-            type(flat[k]) is type(v) for k, v in _DEFAULT_FLAT.items()):
+    if flat is not None and flat.keys() == CONFIG_DEFAULTS.keys() and all(
+            type(flat[k]) is type(v) for k, v in CONFIG_DEFAULTS.items()):
         return flat
     return config_from_dict(data).flat()
 
@@ -211,20 +192,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _read_json(path: str):
-    with open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def _json_or_empty(path: str) -> dict:
-    try:
-        return _read_json(path)
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError:  # only a hand-edited file: our writers are atomic
-        return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +225,7 @@ def batch_tables(entries: tuple[PlanEntry, ...], trials: list[TrialFiles]) -> tu
     for f in TRIALS_SCHEMA:
         if f.name in columns:
             arrays.append(pa.array(columns[f.name], f.type))
-        elif f.name in _DEFAULT_FLAT:
+        elif f.name in CONFIG_DEFAULTS:
             arrays.append(pa.array([t.config[f.name] for t in trials], f.type))
         elif f.name.startswith("final_"):
             arrays.append(final.column(f.name.removeprefix("final_")))

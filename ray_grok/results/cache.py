@@ -26,9 +26,9 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..trial.outputs import atomic_write_text
-from ..sweep.rundir import PlanEntry
+from ..io import atomic_write_text
 from ..trial.schema import CONFIG_FILE, METRICS_FILE, STATUS_FILE
+from .plan import PlanEntry
 
 INDEX = Path(".cache") / "index.json"
 VERSION = 2

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ..errors import MissingResultsError, PhaseError
 from ..trial.config import SETS
 from ..trial.schema import DONE
+from .schema import RESULTS_DIR
 
 # Ordered from "learned least" to "learned most": majority-vote ties and the legend follow it.
 PHASES = ("not fitted", "id memorization", "id generalization", "ood memorization", "ood generalization")
@@ -34,7 +36,6 @@ ABBREVIATIONS = {
 CELL_KEYS = ("model.depth", "task.n_id", "task.alpha")
 # Grid alphas come from float arithmetic (0.1 * 3 = 0.30000000000000004); rounding merges them.
 ALPHA_DECIMALS = 6
-RESULTS_DIR = "results"
 
 METRIC_TEXT = {
     "acc_last": "last-position accuracy",
@@ -44,14 +45,6 @@ TIME_TEXT = {
     "best": "at the early-stopping step (best checkpoint)",
     "final": "at the end of training",
 }
-
-
-class PhaseError(ValueError):
-    """A phase rule, a results table or a requested cell is not usable; the message says why."""
-
-
-class MissingResultsError(PhaseError):
-    """RUN_DIR has no aggregated results table to read."""
 
 
 class Cell(NamedTuple):

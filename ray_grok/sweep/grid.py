@@ -30,11 +30,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..errors import GridError
 from ..trial.config import VALID_KEYS, ConfigError, TrialConfig, config_from_dict, flatten, merge
-
-
-class GridError(ConfigError):
-    """A grid file is not valid; the message names the file, the key and the value."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
     RUN_DIR/
       grid.yaml          verbatim copy of the grid it was launched with (a changed grid is refused)
-      plan.json          every trial: trial_id, dir, coordinates, steps (written once, at creation)
-      sweep.json         the driver: state, host, pid, heartbeat (for `ray-grok status`)
+      plan.json          every trial: trial_id, dir, coordinates, steps (written once, at creation;
+                         its format: results/plan.py)
+      sweep.json         the driver: state, host, pid, heartbeat, the ray-grok version that ran Tune
       trials/depth=4/n_id=256/alpha=0.6/seed=1/
                          the trial directory of `run_trial` (config.json, metrics.parquet,
                          status.json, TensorBoard events, checkpoints/), plus attempts.json and
@@ -24,44 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grid import GridError, GridSpec, PlannedTrial, expand, grid_from_dict, load_grid
-from ..trial.outputs import atomic_write_text, read_json, write_json
-from ..trial.schema import CONFIG_FILE, FAILED, RUNNING, STATUS_FILE
+import yaml
+
+from ..errors import GridError, RunDirError
+from ..io import atomic_write_text, read_json_or, write_json
+from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
+from ..trial.outputs import status_record
+from ..trial.schema import CONFIG_FILE, FAILED, PENDING, RUNNING, STATUS_FILE
+from .grid import GridSpec, PlannedTrial, expand, grid_from_dict, load_grid
 
 GRID_FILE = "grid.yaml"
-PLAN_FILE = "plan.json"
 SWEEP_FILE = "sweep.json"
 TUNE_DIR = "tune"
 TUNE_EXPERIMENT = "sweep"
-RESULTS_DIR = "results"
 ATTEMPTS_FILE = "attempts.json"
 LOG_FILE = "train.log"
-PENDING = "pending"  # no status.json yet: the trial never started
-SLURM_JOBS_FILE = "slurm/jobs.jsonl"  # one line per Slurm job submitted for the sweep
+SLURM_DIR = "slurm"  # SLURM_DIR/JOB: one Slurm job's logs and Ray files (cluster/task_env.py)
+SLURM_JOBS_FILE = f"{SLURM_DIR}/jobs.jsonl"  # one line per Slurm job submitted for the sweep
 HEARTBEAT_S = 10.0  # the driver rewrites sweep.json this often
-
-
-class RunDirError(GridError):
-    """RUN_DIR cannot be used for this launch (another grid, not a sweep directory)."""
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    trial_id: str
-    dir: str
-    coords: dict[str, Any]
-    steps: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    name: str
-    entries: tuple[PlanEntry, ...]
-    max_failures: int
-
-    @property
-    def ids(self) -> list[str]:
-        return [e.trial_id for e in self.entries]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,12 +102,8 @@ def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedT
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, t.config.to_dict())
     # the plan is written last: its presence marks a complete run directory
-    write_json(plan_path, {
-        "name": spec.name,
-        "max_failures": spec.run.max_failures,
-        "trials": [{"trial_id": t.trial_id, "dir": t.dir, "coords": t.coords, "steps": t.config.train.steps}
-                   for t in trials],
-    })
+    entries = tuple(PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps) for t in trials)
+    write_json(plan_path, Plan(spec.name, entries, spec.run.max_failures).to_json())
     return False
 
 
@@ -155,19 +132,8 @@ def check_same_grid(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -
 
 
 def stored_grid(run_dir: Path) -> GridSpec:
-    import yaml
-
     path = run_dir / GRID_FILE
     return grid_from_dict(yaml.safe_load(path.read_text()), source=str(path), default_name=run_dir.name)
-
-
-def read_plan(run_dir: Path) -> Plan:
-    path = run_dir / PLAN_FILE
-    if not path.exists():
-        raise RunDirError(f"{run_dir} is not a ray-grok sweep directory: it has no {PLAN_FILE}")
-    data = read_json(path)
-    entries = tuple(PlanEntry(e["trial_id"], e["dir"], e["coords"], e["steps"]) for e in data["trials"])
-    return Plan(data["name"], entries, data.get("max_failures", 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +152,8 @@ class TrialState:
 
 def trial_state(run_dir: Path, entry: PlanEntry) -> TrialState:
     out = run_dir / entry.dir
-    status = _read_json_or(out / STATUS_FILE, {})
-    attempts = _read_json_or(out / ATTEMPTS_FILE, {})
+    status = read_json_or(out / STATUS_FILE, {})
+    attempts = read_json_or(out / ATTEMPTS_FILE, {})
     state = status.get("state", PENDING)
     return TrialState(entry, state, int(status.get("step", 0)), status.get("error") or attempts.get("last_error"),
                       int(attempts.get("attempts", 0)), status)
@@ -198,19 +164,10 @@ def trial_states(run_dir: Path, plan: Plan | None = None) -> list[TrialState]:
     return [trial_state(run_dir, e) for e in plan.entries]
 
 
-def _read_json_or(path: Path, default: Any) -> Any:
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        return default
-    except json.JSONDecodeError:  # only a hand-edited file: our writers are atomic
-        return default
-
-
 def record_attempt(out: Path) -> int:
     """Count one more attempt at the trial in OUT (called by the trainable as it starts)."""
     path = out / ATTEMPTS_FILE
-    data = _read_json_or(path, {"attempts": 0})
+    data = read_json_or(path, {"attempts": 0})
     data["attempts"] = int(data.get("attempts", 0)) + 1
     data["last_start"] = time.time()
     data["host"] = socket.gethostname()
@@ -220,13 +177,11 @@ def record_attempt(out: Path) -> int:
 
 def record_failure(out: Path, error: str, steps: int) -> None:
     """Mark the trial failed with ERROR (unless run_trial already did) and keep the message."""
-    from ..trial.outputs import status_record
-
-    status = _read_json_or(out / STATUS_FILE, {})
+    status = read_json_or(out / STATUS_FILE, {})
     if status.get("state") != FAILED:
         write_json(out / STATUS_FILE, status_record(FAILED, int(status.get("step", 0)), steps, error=error))
     path = out / ATTEMPTS_FILE
-    data = _read_json_or(path, {"attempts": 0})
+    data = read_json_or(path, {"attempts": 0})
     data["last_error"] = error
     write_json(path, data)
 
@@ -242,7 +197,7 @@ def write_driver(run_dir: Path, state: str, started: float, **extra: Any) -> Non
 
 
 def read_driver(run_dir: Path) -> dict:
-    return _read_json_or(run_dir / SWEEP_FILE, {})
+    return read_json_or(run_dir / SWEEP_FILE, {})
 
 
 def driver_alive(driver: dict, now: float | None = None) -> bool:
@@ -259,7 +214,6 @@ def driver_alive(driver: dict, now: float | None = None) -> bool:
             pass
     now = time.time() if now is None else now
     return now - driver.get("updated", 0) < max(60.0, 6 * driver.get("heartbeat_s", HEARTBEAT_S))
-
 
 
 def slurm_jobs(run_dir: Path) -> list[dict]:

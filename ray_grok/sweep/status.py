@@ -10,8 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rundir import PENDING, TrialState, driver_alive, read_driver, read_plan, slurm_jobs, trial_states
-from ..trial.schema import DONE, FAILED, RUNNING
+from ..io import format_duration
+from ..results.plan import read_plan
+from ..trial.schema import DONE, FAILED, PENDING, RUNNING
+from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
 
 INTERRUPTED = "interrupted"  # status.json says running but no driver is alive
 ERRORED = "errored"  # status.json says failed
@@ -67,13 +69,6 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
                        eta, s_per_step, [s for s in states if s.state == FAILED])
 
 
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
     now = time.time() if now is None else now
     d = st.driver
@@ -82,7 +77,7 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
                   f"{now - d.get('updated', now):.0f} s ago)")
     elif d:
         driver = (f"no driver running (last: {d.get('state')} on {d.get('host')}, "
-                  f"{_fmt_s(now - d.get('updated', now))} ago)")
+                  f"{format_duration(now - d.get('updated', now))} ago)")
     else:
         driver = "no driver has run yet"
     pct = 100.0 * st.steps_done / st.steps_total if st.steps_total else 100.0
@@ -90,7 +85,7 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         f"sweep {st.name} in {st.run_dir}: {st.total} trials; {driver}",
         "  " + " | ".join(f"{k} {v}" for k, v in st.counts.items()),
         f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
-        + (f" | ETA {_fmt_s(st.eta_s)}" if st.alive else "")
+        + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
     ]
     left = st.total - st.counts[DONE] - st.counts[ERRORED]
@@ -98,7 +93,7 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
     if jobs:
         last = jobs[-1]
         lines.append(f"  Slurm: {len(jobs)} job(s) submitted, the last {last['job_id']} with {last['profile']}; "
-                     f"its logs in {st.run_dir / 'slurm' / str(last['job_id'])}")
+                     f"its logs in {st.run_dir / SLURM_DIR / str(last['job_id'])}")
     if not st.alive and left:
         cluster = f" --cluster {jobs[-1]['profile']}" if jobs else ""
         lines.append(f"  {left} trials unfinished: resume with `ray-grok launch --resume --out {st.run_dir}{cluster}`")

@@ -19,12 +19,10 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from ..errors import ConfigError
+
 SETS = ("id_train", "id_test", "ood_train", "ood_test")
 SET_METRICS = ("loss", "acc", "acc_last")
-
-
-class ConfigError(ValueError):
-    """A config key or value is not allowed. The message names the field and the value."""
 
 
 def doc(text: str, default: Any) -> Any:

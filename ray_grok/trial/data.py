@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import TaskDrawError
 from .config import SETS, TaskConfig, split_sizes
-
-
-class TaskDrawError(RuntimeError):
-    """The rectangular rule could not place the requested number of tasks."""
 
 
 # ---------------------------------------------------------------------------------------------

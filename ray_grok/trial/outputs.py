@@ -1,12 +1,10 @@
 """What a trial writes besides checkpoints: metrics.parquet, status.json, TensorBoard events.
 
-Every file is rewritten atomically (temp file + rename), so a crash never leaves it unreadable.
+Every file is rewritten atomically (ray_grok.io), so a crash never leaves it unreadable.
 A NullBoard stands in for TensorBoard where none is wanted, so the trainer has no `if`s.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,30 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import BY_SHOT_COLUMNS, METRICS_COLUMNS, SCALAR_EVAL_COLUMNS
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-METRICS_SCHEMA = pa.schema(
-    [("step", pa.int64())]
-    + [(c, pa.float64()) for c in SCALAR_EVAL_COLUMNS]
-    + [(c, pa.list_(pa.float64())) for c in BY_SHOT_COLUMNS]
-    + [("lr", pa.float64()), ("tokens_seen", pa.int64()), ("wall_time", pa.float64())]
-)
-assert tuple(METRICS_SCHEMA.names) == METRICS_COLUMNS  # one list of names for the file and the tables
+from ..io import atomic_path
+from .schema import METRICS_SCHEMA
 
 
 class MetricsLog:
@@ -59,10 +35,8 @@ class MetricsLog:
         self._write()
 
     def _write(self) -> None:
-        table = pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), tmp)
 
 
 class TensorBoard:

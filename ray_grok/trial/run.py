@@ -17,22 +17,16 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, NonFiniteLossError, TrialError
+from ..io import format_duration, read_json, write_json
 from . import checkpoint as ckpt
-from .config import SETS, ConfigError, TrialConfig, config_from_dict
+from .config import SETS, TrialConfig, config_from_dict
 from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
 from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
-from .outputs import MetricsLog, NullBoard, TensorBoard, read_json, status_record, write_json
+from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
 from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, STATUS_FILE, TASKS_FILE
-
-
-class TrialError(RuntimeError):
-    """A trial cannot start or cannot go on; the message says why and what was kept."""
-
-
-class NonFiniteLossError(TrialError):
-    pass
 
 
 class Reporter(Protocol):
@@ -43,7 +37,8 @@ class Reporter(Protocol):
 
 @dataclass(frozen=True)
 class TrialResult:
-    state: str  # DONE
+    """A finished trial (run_trial raises for any other outcome)."""
+
     step: int
     best_step: int
     best_value: float
@@ -230,13 +225,6 @@ def stored_config(out: Path) -> TrialConfig | None:
 # The loop
 # ---------------------------------------------------------------------------------------------
 
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def run_trial(
     cfg: TrialConfig,
     out: Path | str,
@@ -250,7 +238,7 @@ def run_trial(
     if status and status["state"] == DONE and (out / CONFIG_FILE).exists():
         prepare_dir(cfg, out)  # still refuse a different config
         echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
-        return TrialResult(DONE, status["step"], status.get("best_step", -1),
+        return TrialResult(status["step"], status.get("best_step", -1),
                            status.get("best_value", float("nan")), status.get("early_stopped", False), True)
     prepare_dir(cfg, out)
     parts = build_parts(cfg)
@@ -277,7 +265,7 @@ def run_trial(
         raise
     finally:
         board.close()
-    result = TrialResult(DONE, progress.step, progress.best_step, progress.best_value, progress.early_stopped)
+    result = TrialResult(progress.step, progress.best_step, progress.best_value, progress.early_stopped)
     write_json(out / STATUS_FILE, status_record(
         DONE, progress.step, cfg.train.steps, best_step=progress.best_step, best_value=progress.best_value,
         early_stopped=progress.early_stopped, wall_time=progress.elapsed))
@@ -343,7 +331,7 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
                            "train/tokens_per_s": rate * tokens_per_step}, done)
             accs = " ".join(f"{s} {last_eval.get(f'{s}_acc', float('nan')):.3f}" for s in SETS)
             echo(f"step {done}/{steps} loss {mean_loss:.4f} | acc {accs} | "
-                 f"{rate * tokens_per_step:,.0f} tok/s | ETA {_fmt_duration((steps - done) / max(rate, 1e-9))}")
+                 f"{rate * tokens_per_step:,.0f} tok/s | ETA {format_duration((steps - done) / max(rate, 1e-9))}")
             window_t, window_step = now, done
             loss_sum.zero_()
     if progress.early_stopped:

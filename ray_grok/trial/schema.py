@@ -12,6 +12,8 @@ RUN_DIR/results/ holds two Parquet tables:
 """
 from __future__ import annotations
 
+import pyarrow as pa
+
 from .config import SET_METRICS, SETS
 
 # trial directory file names (other tools and the sweep layer rely on them)
@@ -21,11 +23,19 @@ METRICS_FILE = "metrics.parquet"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
 
-# trial states written to status.json
+# trial states written to status.json, and the state of a trial without one (it never started)
 RUNNING, DONE, FAILED = "running", "done", "failed"
+PENDING = "pending"
 
 # metrics.parquet: one row per evaluation
 SCALAR_EVAL_COLUMNS = tuple(f"{s}_{m}" for s in SETS for m in SET_METRICS)
 BY_SHOT_COLUMNS = tuple(f"{s}_acc_by_shot" for s in SETS)
 EVAL_COLUMNS = SCALAR_EVAL_COLUMNS + BY_SHOT_COLUMNS
 METRICS_COLUMNS = ("step",) + EVAL_COLUMNS + ("lr", "tokens_seen", "wall_time")
+METRICS_SCHEMA = pa.schema(
+    [("step", pa.int64())]
+    + [(c, pa.float64()) for c in SCALAR_EVAL_COLUMNS]
+    + [(c, pa.list_(pa.float64())) for c in BY_SHOT_COLUMNS]
+    + [("lr", pa.float64()), ("tokens_seen", pa.int64()), ("wall_time", pa.float64())]
+)
+assert tuple(METRICS_SCHEMA.names) == METRICS_COLUMNS  # one list of names for the file and the tables

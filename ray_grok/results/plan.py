@@ -1,0 +1,48 @@
+"""The plan of a sweep, RUN_DIR/plan.json: every trial of its grid in launch order, with its
+directory, coordinates and steps. The sweep layer writes it once, when it creates the run
+directory (its presence marks a complete one); everything that looks at a run directory from its
+files (the results tables, `ray-grok status`, the driver's callbacks) reads it here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunDirError
+from ..io import read_json
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    trial_id: str
+    dir: str  # relative to the run directory, e.g. trials/depth=4/n_id=256/alpha=0.6/seed=1
+    coords: dict[str, Any]  # swept key -> value, seed last
+    steps: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    entries: tuple[PlanEntry, ...]
+    max_failures: int
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.trial_id for e in self.entries]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "max_failures": self.max_failures,
+                "trials": [{"trial_id": e.trial_id, "dir": e.dir, "coords": e.coords, "steps": e.steps}
+                           for e in self.entries]}
+
+
+def read_plan(run_dir: str | Path) -> Plan:
+    path = Path(run_dir) / PLAN_FILE
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a ray-grok sweep directory: it has no {PLAN_FILE}")
+    data = read_json(path)
+    entries = tuple(PlanEntry(e["trial_id"], e["dir"], e["coords"], e["steps"]) for e in data["trials"])
+    return Plan(data["name"], entries, data.get("max_failures", 0))

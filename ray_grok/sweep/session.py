@@ -1,0 +1,107 @@
+"""The Ray a sweep runs on: safe settings for a local instance, or a connection to a running
+cluster (RAY_ADDRESS, e.g. the one a Slurm job started), and how many trials fit on it at once."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+from typing import Iterator
+
+from .. import compat
+from ..errors import ConfigError
+from .grid import GridSpec
+
+
+def ray_temp_dir() -> str:
+    """Short (Ray's socket paths under it must fit AF_UNIX's limit) and per user (not /tmp/ray)."""
+    path = os.environ.get("RAY_GROK_TEMP_DIR") or f"/tmp/rg-{os.getuid()}"
+    if len(path) > compat.MAX_RAY_TEMP_DIR:
+        raise ConfigError(f"RAY_GROK_TEMP_DIR={path!r} is {len(path)} characters; Ray's socket paths need it "
+                          f"at most {compat.MAX_RAY_TEMP_DIR}")
+    return path
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_env(spec: GridSpec) -> dict[str, str]:
+    """Environment for Ray and Tune, set before ray.init and Tuner.fit (children inherit it)."""
+    env = {
+        # our trial dirs hold metrics and TensorBoard files; Tune's own JSON/CSV/TensorBoard loggers
+        # would copy every report (with the config) into RUN_DIR/tune and double the curves
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        # experiment-state snapshots cost O(trials); 'auto' starts at 10 s. Trial dirs are the
+        # truth, so a snapshot minutes old loses nothing on resume.
+        "TUNE_GLOBAL_CHECKPOINT_S": str(spec.run.state_every_s),
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        # with verbose=0 the classic reporter prints nothing; the new one still prints a header
+        "RAY_AIR_NEW_OUTPUT": "0",
+        # a failing trial's traceback goes to its train.log and Tune's error.txt; the console gets
+        # one line per failure from the FailureRecorder, not a screen of traceback per attempt
+        "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    }
+    if "RAY_AUTH_MODE" not in os.environ:
+        if os.environ.get("RAY_ADDRESS"):
+            raise ConfigError("RAY_ADDRESS is set but RAY_AUTH_MODE is not: set it as the cluster was started "
+                              "(token, with RAY_AUTH_TOKEN_PATH pointing at its token file, or disabled)")
+        # Ray's gRPC ports listen on every interface even for a local instance, so the local Ray
+        # gets token auth with a fresh token that lives only in this process tree's environment
+        # (nothing written to ~/.ray, which would switch later `ray start`s to token auth).
+        env["RAY_AUTH_MODE"] = "token"
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return env
+
+
+@contextlib.contextmanager
+def ray_session(spec: GridSpec) -> Iterator[bool]:
+    """ray.init with safe settings (or connect to RAY_ADDRESS); shut down on exit if we started it.
+    Yields True when Ray runs locally, inside this process tree."""
+    ray = compat.require("ray")
+    if ray.is_initialized():  # the caller manages Ray (tests, notebooks)
+        yield False
+        return
+    compat.reload_auth()  # ray_env() may have set RAY_AUTH_MODE after Ray was imported
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        num_cpus = os.environ.get("RAY_GROK_NUM_CPUS")
+        compat.init_local(
+            ray_temp_dir(),
+            num_cpus=int(num_cpus) if num_cpus else None,
+            include_dashboard=False,  # no web server at all (it would listen on a port)
+            object_store_memory=spec.run.object_store_mb * 2**20,  # the default is 30% of RAM in /dev/shm
+            log_to_driver=False,  # trial output goes to each trial's train.log, not the console
+            logging_level=logging.WARNING,
+        )
+    try:
+        yield not address
+    finally:
+        ray.shutdown()
+
+
+def concurrent_slots(spec: GridSpec) -> int:
+    """How many trials fit at once on the cluster, at most run.max_concurrent."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = math.floor(total.get("CPU", 0) / spec.resources.cpu + 1e-9)
+    if spec.resources.gpu:
+        slots = min(slots, math.floor(total.get("GPU", 0) / spec.resources.gpu + 1e-9))
+    if spec.run.max_concurrent:
+        slots = min(slots, spec.run.max_concurrent)
+    return slots

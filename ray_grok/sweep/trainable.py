@@ -1,0 +1,85 @@
+"""The Tune trainable: one trial, run by run_trial in its own directory, reporting to Tune.
+
+Tune's search space is one `grid_search` over trial ids; the trainable reads the trial's
+config.json (written when the run directory was created) and calls `run_trial` on the trial
+directory, with a reporter that forwards every evaluation to `tune.report`, attaching a tiny
+marker `tune.Checkpoint` whenever the trial saved its own checkpoint. The trial directory is the
+truth: its checkpoints are what a resumed or retried trial continues from (run_trial resumes by
+itself; a finished trial returns at once).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ..io import read_json, write_json
+from ..trial.config import config_from_dict
+from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, SCALAR_EVAL_COLUMNS
+from .rundir import LOG_FILE, record_attempt, record_failure
+
+
+def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float) -> Callable[[dict], None]:
+    """A Tune function trainable over configs {"trial_id": ...}. The run directory is bound here,
+    not stored in Tune's state, so a moved RUN_DIR still resumes."""
+    run_dir = Path(run_dir)
+
+    def ray_grok_trial(config: dict) -> None:
+        run_one(run_dir / dirs[config["trial_id"]], config["trial_id"], cpus)
+
+    return ray_grok_trial
+
+
+def run_one(out: Path, trial_id: str, cpus: float) -> None:
+    """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log."""
+    import torch
+    from ray import tune
+
+    from ..trial.run import run_trial
+
+    cfg = config_from_dict(read_json(out / CONFIG_FILE))
+    if cfg.runtime.threads == 0:  # torch would take every core of the machine, not Ray's share
+        torch.set_num_threads(max(1, int(cpus)))
+    attempt = record_attempt(out)
+    marker = tune.get_checkpoint()
+    with open(out / LOG_FILE, "a", buffering=1) as logf:
+        def echo(line: str) -> None:
+            logf.write(line + "\n")
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it gave this trial (the same one for trials
+        # that share a GPU through fractional resources)
+        echo(f"== {trial_id}: attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} on "
+             f"{socket.gethostname()} (pid {os.getpid()}, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES') or 'none'})"
+             + (f"; Tune restored it from its marker at step {_marker_step(marker)}" if marker else ""))
+
+        def reporter(row: dict, *, checkpointed: bool, step: int) -> None:
+            metrics = {k: float(row[k]) for k in SCALAR_EVAL_COLUMNS}
+            metrics.update(step=step, steps=cfg.train.steps)
+            if not checkpointed:
+                tune.report(metrics)
+                return
+            with tempfile.TemporaryDirectory(prefix="rg-mark-") as tmp:
+                # the real checkpoint is in the trial dir; Tune keeps a pointer to it
+                write_json(Path(tmp) / "marker.json", {"trial_id": trial_id, "step": step,
+                                                       "checkpoints": str(out / CHECKPOINT_DIR)})
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        try:
+            run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            echo(f"== attempt {attempt} failed:\n{traceback.format_exc()}")
+            record_failure(out, message, cfg.train.steps)
+            raise
+
+
+def _marker_step(marker: Any) -> str:
+    try:
+        with marker.as_directory() as d:
+            return str(read_json(Path(d) / "marker.json")["step"])
+    except Exception:  # a marker is informational only
+        return "?"
