@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ray_grok.trial.config import SETS, TrialConfig
+from ray_grok.trial.config import TrialConfig
 from ray_grok.results.phases import PHASES
-from ray_grok.trial.schema import DONE, EVAL_COLUMNS, METRICS_COLUMNS
+from ray_grok.trial.schema import DONE, EVAL_COLUMNS, METRICS_COLUMNS, SETS
 
 HIGH, LOW = 0.95, 0.06  # LOW minus any jitter here stays near chance (1/29 = 0.034)
 # Which sets a run of each phase fits, in SETS order (id_train, id_test, ood_train, ood_test).

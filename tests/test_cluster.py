@@ -150,10 +150,15 @@ def test_storage_root_expands_home_and_variables(monkeypatch):
     assert profile_from_dict({**SLURM, "storage_root": "~/rg"}).storage_root == os.path.expanduser("~/rg")
 
 
-def test_profiles_are_frozen():
-    p = profile_from_dict(SLURM)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        p.nodes = 3  # type: ignore[misc]
+def test_a_profile_changed_in_python_is_checked_like_one_from_a_file():
+    p = profile_from_dict({**SLURM, "sbatch_extra": ["--exclusive"], "time": 90})
+    assert dataclasses.replace(p, nodes=3).sbatch_extra == p.sbatch_extra == (("exclusive", True),)
+    with pytest.raises(ProfileError, match="nodes must be >= 1, got 0"):
+        dataclasses.replace(p, nodes=0)
+    with pytest.raises(ProfileError, match=r"signal_delay_s must be less than the time limit \(1 min = 60 s\)"):
+        dataclasses.replace(p, time="1")
+    with pytest.raises(ProfileError, match="ray.temp_root must be an absolute path of at most 16 characters"):
+        RaySettings(temp_root="/scratch/local/me/ray")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ import dataclasses
 import pytest
 import yaml
 
+from ray_grok.errors import ConfigError
 from ray_grok.trial.config import (
-    VALID_KEYS, ConfigError, TrialConfig, config_from_dict, describe_keys, load_config, parse_override,
+    VALID_KEYS, ModelConfig, TaskConfig, TrainConfig, TrialConfig, config_from_dict, describe_keys, load_config,
+    parse_override,
 )
 
 
@@ -21,9 +23,18 @@ def test_defaults_are_the_papers():
     assert c.seq_len == 95
 
 
-def test_configs_are_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        TrialConfig().task.p = 31  # type: ignore[misc]
+def test_a_config_built_in_python_is_checked_like_one_from_a_file():
+    with pytest.raises(ConfigError, match=r"task.alpha must be in \(0, 1\), got 1.5"):
+        TaskConfig(alpha=1.5)
+    with pytest.raises(ConfigError, match="train.batch_size must be a multiple of task.n_id = 48"):
+        TrialConfig(task=TaskConfig(n_id=48), train=TrainConfig(batch_size=100))
+    with pytest.raises(ConfigError, match="model.width must be divisible by model.heads = 3, got 512"):
+        dataclasses.replace(TrialConfig().model, heads=3)
+    with pytest.raises(ConfigError, match="model.depth must be an integer, got 'two'"):
+        ModelConfig(depth="two")
+    # values are coerced as from YAML: a whole float for an int, a nested mapping for a section
+    cfg = TrialConfig(model=ModelConfig(depth=2.0), task={"n_id": 64})
+    assert type(cfg.model.depth) is int and cfg.model.depth == 2 and cfg.task == TaskConfig(n_id=64)
 
 
 def test_yaml_file_plus_overrides(tmp_path):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from matplotlib.colors import to_rgb
 
 from ray_grok.cli import main
-from ray_grok.trial.config import SETS
+from ray_grok.trial.schema import SETS
 from ray_grok.errors import PhaseError
 from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
 from ray_grok.results.plots import (

@@ -15,22 +15,19 @@ Nothing here imports Ray or submitit.
 """
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
 import yaml
 
 from .. import compat
-from ..errors import ProfileError
-from ..trial.config import ConfigError, _coerce, doc  # _coerce: the trial config's rules for scalar values
+from ..errors import ConfigError, ProfileError
 from ..sweep.rundir import Launch, resolve
+from ..trial.fields import Checked, coerce, describe, doc, internal
 
 # Each task's Ray temp dir is ray.temp_root + TASK_TEMP_DIR (cluster/layout.py), and Ray's socket
 # paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR). With a 6-digit uid, an
@@ -47,10 +44,15 @@ MANAGED_SBATCH = {
 }
 
 
+class _ProfileSection(Checked):
+    ERROR = ProfileError
+
+
 @dataclass(frozen=True, kw_only=True)
-class RaySettings:
+class RaySettings(_ProfileSection):
     """How each Ray node inside a Slurm job is started (one Ray node per Slurm task)."""
 
+    SECTION = "ray"
     object_store_mb: int = doc("object store per Ray node in MiB (lives in /dev/shm; Ray's default "
                                "is 30% of RAM); ray-grok passes no large objects", 2048)
     port_base: int = doc("first port of the blocks Ray nodes take (GCS, agents, workers); a block "
@@ -70,19 +72,84 @@ class RaySettings:
     def ports_per_node(self) -> int:
         return FIXED_PORTS + self.worker_ports
 
+    @classmethod
+    def unknown_key(cls, name: str) -> str:
+        valid = ", ".join(k for k, _, _ in describe(cls))
+        return f"unknown key {cls.key(name)} in the ray section; valid keys: {valid}"
+
+    def check(self) -> None:
+        self.need(self.object_store_mb >= 80, "object_store_mb", ">= 80 (Ray's minimum is 75 MiB)")
+        self.need(self.worker_ports >= 8, "worker_ports", ">= 8")
+        self.need(os.path.isabs(self.temp_root) and len(self.temp_root) <= MAX_TEMP_ROOT_CHARS, "temp_root",
+                  f"an absolute path of at most {MAX_TEMP_ROOT_CHARS} characters (Ray's socket paths under "
+                  f"it must stay below {compat.AF_UNIX_PATH_MAX} bytes)")
+        self.need(self.interface is None or bool(re.fullmatch(r"[\w.:@-]+", self.interface)), "interface",
+                  "a network interface name like ib0 (or null)")
+        self.need(self.join_timeout_s > 0, "join_timeout_s", "> 0")
+        self.need(self.stop_timeout_s > 0, "stop_timeout_s", "> 0")
+
+
+class _Profile(_ProfileSection):
+    @classmethod
+    def unknown_key(cls, name: str) -> str:
+        kind = cls.__dataclass_fields__["kind"].default
+        return (f"unknown key {name} for kind {kind}; valid keys: "
+                f"{', '.join(k for k, _, _ in describe_profile_keys(kind))}")
+
 
 @dataclass(frozen=True, kw_only=True)
-class LocalProfile:
+class LocalProfile(_Profile):
     """Ray on this machine, started by the sweep itself."""
 
     kind: Literal["local"] = doc("local: a Ray on this machine (the default); slurm: a Slurm job", "local")
     storage_root: str | None = doc("where run directories go (RUN_DIR = storage_root/<grid name>); "
                                    "null: runs/ under the current directory", None)
-    source: str = field(default="", compare=False, metadata={"internal": True})
+    source: str = internal("")
+
+    def check(self) -> None:
+        self.need(self.storage_root is None or bool(self.storage_root.strip()), "storage_root",
+                  "a directory (or null)")
+
+
+def _time(key: str, value: Any) -> str:
+    """A time limit as text: minutes may come as a number (checked by parse_time_min like text)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return coerce(key, value, str, ProfileError)
+
+
+def _sbatch_extra(key: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    """{option: value} or ['--option=value', '--flag'] -> ((option, value), ...), options without '--'."""
+    pairs: list[tuple[str, Any]] = []
+    if value is None:
+        return ()
+    if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        pairs = list(value)  # already parsed (dataclasses.replace builds the profile again)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str) or not k:
+                raise ProfileError(f"{key} option names must be strings, got {k!r}")
+            if not (isinstance(v, (str, int, float)) or v is True):
+                raise ProfileError(f"{key}.{k} must be a string, a number or true (a flag), got {v!r}")
+            pairs.append((k.lstrip("-"), v))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if not isinstance(item, str) or not item.startswith("--") or len(item) < 3:
+                raise ProfileError(f"{key} entries must look like '--option=value' or '--flag', got {item!r}")
+            name, eq, val = item[2:].partition("=")
+            pairs.append((name, val if eq else True))
+    else:
+        raise ProfileError(f"{key} must be a mapping {{option: value}} or a list of '--option=value', got {value!r}")
+    for name, _ in pairs:
+        option = name.replace("_", "-")
+        if option in MANAGED_SBATCH:
+            key_ = "tasks_per_node" if option.startswith("ntasks") else option.replace("-", "_")
+            raise ProfileError(f"{key} sets --{option}, which the profile manages: use the profile key {key_} instead")
+    return tuple(pairs)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SlurmProfile:
+class SlurmProfile(_Profile):
     """One Slurm job of `nodes` x `tasks_per_node` tasks; task 0 runs the Ray head and the sweep driver."""
 
     kind: Literal["slurm"] = doc("local: a Ray on this machine (the default); slurm: a Slurm job", "slurm")
@@ -98,7 +165,7 @@ class SlurmProfile:
     cpus_per_task: int = doc("CPUs per task (sbatch --cpus-per-task); Ray's --num-cpus", 1)
     mem: str | None = doc("memory per node (sbatch --mem), e.g. 64G; null: the partition's default", None)
     time: str = doc("time limit: minutes (90) or [D-]HH:MM:SS ('1-00:00:00'); the job checkpoints and "
-                    "requeues itself before it", "60")
+                    "requeues itself before it", "60", convert=_time)
     signal_delay_s: int = doc("seconds before the time limit when Slurm warns the job (USR2); Slurm may "
                               "signal up to 60 s earlier", 120)
     max_requeues: int = doc("how many times the job requeues itself at its time limit", 10)
@@ -106,12 +173,12 @@ class SlurmProfile:
                                  "activation)", ())
     sbatch_extra: tuple[tuple[str, Any], ...] = doc(
         "more sbatch options: a mapping {option: value} (true for a flag, e.g. exclusive: true) or a "
-        "list of '--option=value' strings; options the profile sets itself are refused", ())
+        "list of '--option=value' strings; options the profile sets itself are refused", (), convert=_sbatch_extra)
     python: str | None = doc("command that runs Python on the nodes (null: the interpreter running "
                             "ray-grok on the login node)", None)
     job_name: str = doc("sbatch --job-name", "ray-grok")
-    ray: RaySettings = field(default_factory=RaySettings)
-    source: str = field(default="", compare=False, metadata={"internal": True})
+    ray: RaySettings = doc("", factory=RaySettings)
+    source: str = internal("")
 
     @property
     def time_min(self) -> int:
@@ -120,6 +187,33 @@ class SlurmProfile:
     @property
     def num_tasks(self) -> int:
         return self.nodes * self.tasks_per_node
+
+    def check(self) -> None:
+        need = self.need
+        need(bool(self.storage_root), "storage_root", "set: an absolute path on a file system every node sees")
+        need(os.path.isabs(self.storage_root), "storage_root", "an absolute path (on a file system every node sees)")
+        for name in ("partition", "account", "qos", "job_name"):
+            value = getattr(self, name)
+            need(value is None or bool(value and not re.search(r"\s", value)), name, "a non-empty name without spaces")
+        need(self.nodes >= 1, "nodes", ">= 1")
+        need(self.tasks_per_node >= 1, "tasks_per_node", ">= 1")
+        need(self.gpus_per_node >= 0, "gpus_per_node", ">= 0")
+        need(self.cpus_per_task >= 1, "cpus_per_task", ">= 1")
+        need(self.mem is None or bool(MEM_RE.match(self.mem)), "mem", "a size like 64G, 500M or 128000 (MB)")
+        try:
+            minutes = parse_time_min(self.time)
+        except ValueError:
+            minutes = 0
+        need(minutes > 0, "time", "minutes (90) or [D-]HH:MM:SS ('1:30:00', '2-00:00:00')")
+        need(self.signal_delay_s >= 0, "signal_delay_s", ">= 0")
+        need(self.signal_delay_s < minutes * 60, "signal_delay_s",
+             f"less than the time limit ({minutes} min = {minutes * 60} s)")
+        need(self.max_requeues >= 0, "max_requeues", ">= 0")
+        need(self.python is None or bool(self.python.strip()), "python", "a command (or null)")
+        room = PORT_CEILING - self.tasks_per_node * self.ray.ports_per_node
+        self.ray.need(1024 <= self.ray.port_base <= room, "port_base",
+                      f"in [1024, {room}] (tasks_per_node x {self.ray.ports_per_node} ports per Ray node must "
+                      f"fit below {PORT_CEILING}, where ephemeral ports start)")
 
 
 Profile = Union[LocalProfile, SlurmProfile]
@@ -178,106 +272,10 @@ def parse_time_min(value: str | int) -> int:
 
 def describe_profile_keys(kind: str = "slurm") -> list[tuple[str, Any, str]]:
     """(dotted key, default, help) of every key a profile of this kind may hold."""
-    rows: list[tuple[str, Any, str]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("internal"):
-                continue
-            if f.name == "ray" and cls is SlurmProfile:
-                walk(RaySettings, "ray.")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else None
-            rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
-
-    walk(KINDS[kind], "")
-    return rows
+    return describe(KINDS[kind])
 
 
-def _check_value(src: str, key: str, value: Any, hint: Any) -> Any:
-    """One leaf value against its annotation: Literal, bool, int, float, str, `X | None`, tuple[str, ...]."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        hint = args[0]
-        origin = typing.get_origin(hint)
-    if origin is tuple and typing.get_args(hint) == (str, Ellipsis):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ProfileError(f"{src}: {key} must be a list of strings, got {value!r}")
-        return tuple(value)
-    if value is None:
-        raise ProfileError(f"{src}: {key} must not be null")
-    if key == "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # minutes given as a number; checked by parse_time_min like text
-    try:
-        return _coerce(key, value, hint)
-    except ConfigError as exc:
-        raise ProfileError(f"{src}: {exc}") from None
-
-
-def _sbatch_extra(src: str, value: Any) -> tuple[tuple[str, Any], ...]:
-    """{option: value} or ['--option=value', '--flag'] -> ((option, value), ...), options without '--'."""
-    key = "sbatch_extra"
-    pairs: list[tuple[str, Any]] = []
-    if value is None:
-        return ()
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str) or not k:
-                raise ProfileError(f"{src}: {key} option names must be strings, got {k!r}")
-            if not (isinstance(v, (str, int, float)) or v is True):
-                raise ProfileError(f"{src}: {key}.{k} must be a string, a number or true (a flag), got {v!r}")
-            pairs.append((k.lstrip("-"), v))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            if not isinstance(item, str) or not item.startswith("--") or len(item) < 3:
-                raise ProfileError(f"{src}: {key} entries must look like '--option=value' or '--flag', got {item!r}")
-            name, eq, val = item[2:].partition("=")
-            pairs.append((name, val if eq else True))
-    else:
-        raise ProfileError(f"{src}: {key} must be a mapping {{option: value}} or a list of '--option=value', "
-                           f"got {value!r}")
-    for name, _ in pairs:
-        option = name.replace("_", "-")
-        if option in MANAGED_SBATCH:
-            key_ = "tasks_per_node" if option.startswith("ntasks") else option.replace("-", "_")
-            raise ProfileError(f"{src}: {key} sets --{option}, which the profile manages: use the profile key "
-                               f"{key_} instead")
-    return tuple(pairs)
-
-
-def _build(src: str, cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    fields_ = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = [k for k in data if k not in fields_]
-    if unknown:
-        kind = "local" if cls is LocalProfile else "slurm"
-        valid = [k for k, _, _ in describe_profile_keys(kind) if k.startswith(prefix)]
-        where = "in the ray section" if prefix else f"for kind {kind}"
-        raise ProfileError(f"{src}: unknown key {prefix}{unknown[0]} {where}; valid keys: {', '.join(valid)}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        if name == "ray":
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise ProfileError(f"{src}: ray must be a mapping of its keys, got {value!r}")
-            kwargs[name] = _build(src, RaySettings, value, "ray.")
-        elif name == "sbatch_extra":
-            kwargs[name] = _sbatch_extra(src, value)
-        else:
-            kwargs[name] = _check_value(src, key, value, hints[name])
-    if cls is not RaySettings:
-        kwargs["source"] = src
-    return cls(**kwargs)
-
-
-def _expand_path(src: str, key: str, value: str) -> str:
+def _expand_path(key: str, value: str) -> str:
     """~ and $VAR / ${VAR}; USER falls back to the login name (unset in some batch and CI shells)."""
     env = {"USER": getpass.getuser(), **os.environ}
     missing: list[str] = []
@@ -291,28 +289,29 @@ def _expand_path(src: str, key: str, value: str) -> str:
 
     expanded = os.path.expanduser(re.sub(r"\$(?:\{(\w+)\}|(\w+))", var, value))
     if missing:
-        raise ProfileError(f"{src}: {key} uses the unset environment variable ${missing[0]}: {value!r}")
+        raise ProfileError(f"{key} uses the unset environment variable ${missing[0]}: {value!r}")
     return expanded
 
 
 def profile_from_dict(data: Mapping[str, Any], source: str = "<profile>") -> Profile:
-    """Build and validate a profile from a mapping (what a cluster/*.yaml file holds)."""
-    src = source
-    if not isinstance(data, Mapping):
-        raise ProfileError(f"{src}: a profile must be a mapping of keys, got {type(data).__name__}")
-    kind = data.get("kind", "local")
-    if kind not in KINDS:
-        raise ProfileError(f"{src}: kind must be one of {list(KINDS)}, got {kind!r}")
-    data = dict(data)
-    if "storage_root" in data and isinstance(data["storage_root"], str):
-        data["storage_root"] = _expand_path(src, "storage_root", data["storage_root"])
-    profile = _build(src, KINDS[kind], data, "")
-    validate_profile(profile)
-    return profile
+    """Build and check a profile from a mapping (what a cluster/*.yaml file holds); every error
+    names SOURCE, the key and the value."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ProfileError(f"a profile must be a mapping of keys, got {type(data).__name__}")
+        kind = data.get("kind", "local")
+        if kind not in KINDS:
+            raise ProfileError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        data = {k: v for k, v in data.items() if not (k == "ray" and v is None)}  # ray: null = the defaults
+        if isinstance(data.get("storage_root"), str):
+            data["storage_root"] = _expand_path("storage_root", data["storage_root"])
+        return KINDS[kind].from_mapping(data, source=source)
+    except ConfigError as exc:
+        raise ProfileError(f"{source}: {exc}") from None
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and validate a cluster/*.yaml profile; errors name the file, the key and the value."""
+    """Read and check a cluster/*.yaml profile; errors name the file, the key and the value."""
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"cluster profile {path} does not exist")
@@ -321,66 +320,6 @@ def load_profile(path: str | Path) -> Profile:
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
     return profile_from_dict(data if data is not None else {}, str(path))
-
-
-def validate_profile(p: Profile) -> None:
-    src = p.source or "<profile>"
-
-    def fail(key: str, value: Any, allowed: str) -> None:
-        raise ProfileError(f"{src}: {key} must be {allowed}, got {value!r}")
-
-    if isinstance(p, LocalProfile):
-        if p.storage_root is not None and not p.storage_root.strip():
-            fail("storage_root", p.storage_root, "a directory (or null)")
-        return
-    if not p.storage_root:
-        fail("storage_root", p.storage_root, "set: an absolute path on a file system every node sees")
-    if not os.path.isabs(p.storage_root):
-        fail("storage_root", p.storage_root, "an absolute path (on a file system every node sees)")
-    for key in ("partition", "account", "qos", "job_name"):
-        value = getattr(p, key)
-        if value is not None and (not value or re.search(r"\s", value)):
-            fail(key, value, "a non-empty name without spaces")
-    if p.nodes < 1:
-        fail("nodes", p.nodes, ">= 1")
-    if p.tasks_per_node < 1:
-        fail("tasks_per_node", p.tasks_per_node, ">= 1")
-    if p.gpus_per_node < 0:
-        fail("gpus_per_node", p.gpus_per_node, ">= 0")
-    if p.cpus_per_task < 1:
-        fail("cpus_per_task", p.cpus_per_task, ">= 1")
-    if p.mem is not None and not MEM_RE.match(p.mem):
-        fail("mem", p.mem, "a size like 64G, 500M or 128000 (MB)")
-    try:
-        minutes = parse_time_min(p.time)
-    except ValueError:
-        fail("time", p.time, "minutes (90) or [D-]HH:MM:SS ('1:30:00', '2-00:00:00')")
-    if p.signal_delay_s < 0:
-        fail("signal_delay_s", p.signal_delay_s, ">= 0")
-    if p.signal_delay_s >= minutes * 60:
-        fail("signal_delay_s", p.signal_delay_s, f"less than the time limit ({minutes} min = {minutes * 60} s)")
-    if p.max_requeues < 0:
-        fail("max_requeues", p.max_requeues, ">= 0")
-    if p.python is not None and not p.python.strip():
-        fail("python", p.python, "a command (or null)")
-    r = p.ray
-    if r.object_store_mb < 80:
-        fail("ray.object_store_mb", r.object_store_mb, ">= 80 (Ray's minimum is 75 MiB)")
-    if r.worker_ports < 8:
-        fail("ray.worker_ports", r.worker_ports, ">= 8")
-    need = p.tasks_per_node * r.ports_per_node
-    if not 1024 <= r.port_base <= PORT_CEILING - need:
-        fail("ray.port_base", r.port_base, f"in [1024, {PORT_CEILING - need}] (tasks_per_node x "
-             f"{r.ports_per_node} ports per Ray node must fit below {PORT_CEILING}, where ephemeral ports start)")
-    if not os.path.isabs(r.temp_root) or len(r.temp_root) > MAX_TEMP_ROOT_CHARS:
-        fail("ray.temp_root", r.temp_root, f"an absolute path of at most {MAX_TEMP_ROOT_CHARS} characters "
-             f"(Ray's socket paths under it must stay below {compat.AF_UNIX_PATH_MAX} bytes)")
-    if r.interface is not None and not re.fullmatch(r"[\w.:@-]+", r.interface):
-        fail("ray.interface", r.interface, "a network interface name like ib0 (or null)")
-    if r.join_timeout_s <= 0:
-        fail("ray.join_timeout_s", r.join_timeout_s, "> 0")
-    if r.stop_timeout_s <= 0:
-        fail("ray.stop_timeout_s", r.stop_timeout_s, "> 0")
 
 
 def runs_root(profile: Profile) -> Path:

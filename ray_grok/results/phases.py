@@ -18,8 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..errors import MissingResultsError, PhaseError
-from ..trial.config import SETS
-from ..trial.schema import DONE
+from ..trial.schema import DONE, SETS
 from .schema import RESULTS_DIR
 
 # Ordered from "learned least" to "learned most": majority-vote ties and the legend follow it.

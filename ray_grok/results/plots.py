@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter
 
-from ..trial.config import SETS
+from ..trial.schema import SETS
 from .phases import (
     ABBREVIATIONS,
     MISSING,

@@ -24,41 +24,59 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from ..errors import GridError
-from ..trial.config import VALID_KEYS, ConfigError, TrialConfig, config_from_dict, flatten, merge
+from ..errors import ConfigError, GridError
+from ..trial.config import VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
+from ..trial.fields import Checked, describe, doc
 
 
 # ---------------------------------------------------------------------------------------------
 # The parts of a grid
 # ---------------------------------------------------------------------------------------------
 
+class _GridSection(Checked):
+    ERROR = GridError
+
+    @classmethod
+    def unknown_key(cls, name: str) -> str:
+        listing = ", ".join(f"{k.split('.')[-1]} (default {d!r}: {h})" for k, d, h in describe(cls))
+        return f"unknown key {cls.key(name)}; valid keys: {listing}"
+
+
 @dataclass(frozen=True, kw_only=True)
-class Resources:
-    cpu: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch's thread count "
-                                                      "when runtime.threads is 0)"})
-    gpu: float = field(default=0.0, metadata={"help": "GPUs per trial; a fraction (0.25) packs several "
-                                                      "trials onto one GPU"})
+class Resources(_GridSection):
+    SECTION = "resources"
+    cpu: float = doc("CPUs per trial (also torch's thread count when runtime.threads is 0)", 1.0)
+    gpu: float = doc("GPUs per trial; a fraction (0.25) packs several trials onto one GPU", 0.0)
+
+    def check(self) -> None:
+        self.need(self.cpu > 0, "cpu", "> 0")
+        self.need(self.gpu >= 0 and (self.gpu <= 1 or float(self.gpu).is_integer()), "gpu",
+                  ">= 0, and a whole number above 1 (Ray's rule)")
 
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpu, "gpu": self.gpu}
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSettings:
-    max_concurrent: int = field(default=0, metadata={"help": "trials running at once; 0 = as many as "
-                                                             "the resources allow"})
-    max_failures: int = field(default=2, metadata={"help": "retries of a failing trial before it is "
-                                                           "marked errored"})
-    state_every_s: float = field(default=60.0, metadata={"help": "seconds between snapshots of Tune's "
-                                                                 "experiment state (trial dirs are the truth)"})
-    object_store_mb: int = field(default=256, metadata={"help": "cap of a local Ray's object store "
-                                                                "(ray-grok passes no large objects)"})
+class RunSettings(_GridSection):
+    SECTION = "run"
+    max_concurrent: int = doc("trials running at once; 0 = as many as the resources allow", 0)
+    max_failures: int = doc("retries of a failing trial before it is marked errored", 2)
+    state_every_s: float = doc("seconds between snapshots of Tune's experiment state (trial dirs are the truth)",
+                               60.0)
+    object_store_mb: int = doc("cap of a local Ray's object store (ray-grok passes no large objects)", 256)
+
+    def check(self) -> None:
+        self.need(self.max_concurrent >= 0, "max_concurrent", ">= 0 (0 = as many as fit)")
+        self.need(self.max_failures >= 0, "max_failures", ">= 0")
+        self.need(self.state_every_s > 0, "state_every_s", "> 0")
+        self.need(self.object_store_mb >= 80, "object_store_mb", ">= 80 (Ray's minimum is about 75 MB)")
 
 
 @dataclass(frozen=True)
@@ -155,20 +173,8 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
         axes.append(Axis(key, _axis_values(key, spec, fail)))
 
     seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail)
-    resources = _section(Resources, data.get("resources") or {}, "resources", fail)
-    run = _section(RunSettings, data.get("run") or {}, "run", fail)
-    if resources.cpu <= 0:
-        fail(f"resources.cpu must be > 0, got {resources.cpu!r}")
-    if resources.gpu < 0 or (resources.gpu > 1 and not float(resources.gpu).is_integer()):
-        fail(f"resources.gpu must be >= 0, and a whole number above 1 (Ray's rule), got {resources.gpu!r}")
-    if run.max_concurrent < 0:
-        fail(f"run.max_concurrent must be >= 0 (0 = as many as fit), got {run.max_concurrent!r}")
-    if run.max_failures < 0:
-        fail(f"run.max_failures must be >= 0, got {run.max_failures!r}")
-    if run.state_every_s <= 0:
-        fail(f"run.state_every_s must be > 0, got {run.state_every_s!r}")
-    if run.object_store_mb < 80:
-        fail(f"run.object_store_mb must be >= 80 (Ray's minimum is about 75 MB), got {run.object_store_mb!r}")
+    resources = _section(Resources, data.get("resources") or {}, fail)
+    run = _section(RunSettings, data.get("run") or {}, fail)
 
     spec = GridSpec(name=name, source=source, base=base, axes=tuple(axes), seeds=seeds,
                     resources=resources, run=run, description=description)
@@ -246,25 +252,14 @@ def _seeds(value: Any, seed_is_axis: bool, fail) -> tuple[int, ...]:
     raise AssertionError  # unreachable: fail raises
 
 
-def _section(cls: type, data: Any, name: str, fail) -> Any:
-    valid = {f.name: f for f in fields(cls)}
+def _section(cls: type[_GridSection], data: Any, fail) -> Any:
     if not isinstance(data, Mapping):
-        fail(f"{name} must be a mapping with keys {', '.join(valid)}, got {data!r}")
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        listing = ", ".join(f"{k} (default {f.default!r}: {f.metadata['help']})" for k, f in valid.items())
-        fail(f"unknown key {name}.{unknown[0]}; valid keys: {listing}")
-    kwargs = {}
-    for k, v in data.items():
-        want = valid[k].type
-        if want in ("float", float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                fail(f"{name}.{k} must be a number, got {v!r}")
-            v = float(v)
-        elif isinstance(v, bool) or not isinstance(v, int):
-            fail(f"{name}.{k} must be an integer, got {v!r}")
-        kwargs[k] = v
-    return cls(**kwargs)
+        fail(f"{cls.SECTION} must be a mapping with keys {', '.join(k.split('.')[-1] for k, _, _ in describe(cls))}, "
+             f"got {data!r}")
+    try:
+        return cls.from_mapping(data)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------

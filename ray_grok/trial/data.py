@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import TaskDrawError
-from .config import SETS, TaskConfig, split_sizes
+from .config import TaskConfig, split_sizes
+from .schema import SETS
 
 
 # ---------------------------------------------------------------------------------------------

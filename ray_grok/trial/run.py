@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from ..errors import ConfigError, NonFiniteLossError, TrialError
 from ..io import format_duration, read_json, write_json
 from . import checkpoint as ckpt
-from .config import SETS, TrialConfig, config_from_dict
+from .config import TrialConfig, config_from_dict
 from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
 from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
-from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, STATUS_FILE, TASKS_FILE
+from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE
 
 
 class Reporter(Protocol):

@@ -1,20 +1,14 @@
-"""Names shared by the trial directory, the results tables and the phase tools.
+"""Names and types of a trial directory's files, shared by the trial, the sweep layer and the
+results tables (results/schema.py):
 
-A trial directory holds (see README):
   config.json, tasks.json, metrics.parquet, status.json, events.out.tfevents.*, checkpoints/
 
-RUN_DIR/results/ holds two Parquet tables:
-  trials: one row per trial: `trial_id`, `status`, `steps_done`, `wall_time`, `best_step`,
-          every config field as a column named by its dotted key (`task.n_id`, `model.depth`,
-          `task.alpha`, `seed`, ...), then `final_{metric}` and `best_{metric}` for every
-          metric in EVAL_COLUMNS (best = at the evaluation where the checkpoint monitor peaked).
-  curves: one row per trial per evaluation: `trial_id` and the columns of metrics.parquet.
+metrics.parquet holds one row per evaluation: `step`; for each set, its loss, accuracy (mean over
+the z positions), last-position accuracy and accuracy by shot; `lr`, `tokens_seen`, `wall_time`.
 """
 from __future__ import annotations
 
 import pyarrow as pa
-
-from .config import SET_METRICS, SETS
 
 # trial directory file names (other tools and the sweep layer rely on them)
 CONFIG_FILE = "config.json"
@@ -27,8 +21,12 @@ CHECKPOINT_DIR = "checkpoints"
 RUNNING, DONE, FAILED = "running", "done", "failed"
 PENDING = "pending"
 
+# the four evaluation sets: pre-training (id) or held-out (ood) tasks, on train or test inputs
+SETS = ("id_train", "id_test", "ood_train", "ood_test")
+SET_METRICS = ("loss", "acc", "acc_last")
+
 # metrics.parquet: one row per evaluation
-SCALAR_EVAL_COLUMNS = tuple(f"{s}_{m}" for s in SETS for m in SET_METRICS)
+SCALAR_EVAL_COLUMNS = tuple(f"{s}_{m}" for s in SETS for m in SET_METRICS)  # also the monitor's choices
 BY_SHOT_COLUMNS = tuple(f"{s}_acc_by_shot" for s in SETS)
 EVAL_COLUMNS = SCALAR_EVAL_COLUMNS + BY_SHOT_COLUMNS
 METRICS_COLUMNS = ("step",) + EVAL_COLUMNS + ("lr", "tokens_seen", "wall_time")

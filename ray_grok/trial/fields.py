@@ -1,0 +1,157 @@
+"""Typed, frozen config dataclasses that check themselves: one mechanism for the trial config, grid
+files and cluster profiles.
+
+A config class derives from `Checked` and declares each field with `doc(help, default)`:
+- building it from a mapping (`from_mapping`: what a YAML file gives) refuses an unknown key and
+  lists the valid ones, and builds a nested config class from a nested mapping;
+- building it in any way (from_mapping, the constructor, dataclasses.replace) coerces every field
+  to its annotation, then applies the class's own rules (`check`), so a config built in Python is
+  checked exactly as one read from a file.
+Every error names the dotted key and the bad value: "task.alpha must be in (0, 1), got 1.5".
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, Callable, ClassVar, Literal, Mapping, Union
+
+from ..errors import ConfigError
+
+
+def doc(help: str, default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+        convert: Callable[[str, Any], Any] | None = None) -> Any:
+    """A field with a help text (`ray-grok config`, error listings). `convert(key, value)` replaces
+    the annotation's check for a field whose values need their own parsing."""
+    metadata = {"help": help, **({"convert": convert} if convert else {})}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def internal(default: Any) -> Any:
+    """A field that is not a config key (not checked, listed or compared), e.g. the source file."""
+    return dataclasses.field(default=default, compare=False, metadata={"internal": True})
+
+
+class Checked:
+    """Base of the config dataclasses: checked when built, buildable from a mapping."""
+
+    SECTION: ClassVar[str] = ""  # the dotted prefix of its keys in messages ("task", "ray", "run")
+    ERROR: ClassVar[type[ConfigError]] = ConfigError
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in _fields(type(self)):
+            key, value, hint = self.key(f.name), getattr(self, f.name), hints[f.name]
+            if "convert" in f.metadata:
+                new = f.metadata["convert"](key, value)
+            elif isinstance(hint, type) and issubclass(hint, Checked):  # a nested config class
+                new = hint.from_mapping(value) if isinstance(value, Mapping) else value
+                if not isinstance(new, hint):
+                    raise self.ERROR(f"{key} must be a mapping of its keys, got {value!r}")
+            else:
+                new = coerce(key, value, hint, self.ERROR)
+            if new is not value:
+                object.__setattr__(self, f.name, new)
+        self.check()
+
+    def check(self) -> None:
+        """The class's rules beyond the type of each field (override; use `need`)."""
+
+    def need(self, ok: bool, name: str, allowed: str) -> None:
+        """A rule on field NAME: "{key} must be {allowed}, got {value}" unless OK."""
+        if not ok:
+            raise self.ERROR(f"{self.key(name)} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def key(cls, name: str) -> str:
+        return f"{cls.SECTION}.{name}" if cls.SECTION else name
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **internal: Any) -> Any:
+        """CLS from DATA's keys (defaults for the others) and the values of `internal` fields."""
+        names = {f.name for f in _fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise cls.ERROR(cls.unknown_key(str(unknown[0])))
+        return cls(**data, **internal)
+
+    @classmethod
+    def unknown_key(cls, name: str) -> str:
+        return f"unknown key {cls.key(name)}; valid keys: {', '.join(k for k, _, _ in describe(cls))}"
+
+
+def coerce(key: str, value: Any, hint: Any, error: type[ConfigError] = ConfigError) -> Any:
+    """One leaf value against its annotation: Literal, bool, int, float, str, X | None and
+    tuple[str, ...]. Allows an int for a float, a whole float for an int, a YAML bool for on/off."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) and "on" in choices:
+            value = "on" if value else "off"
+        if value not in choices:
+            raise error(f"{key} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:  # tuple[str, ...]: a list of strings, or one string
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise error(f"{key} must be a list of strings, got {value!r}")
+        return tuple(items)
+    if value is None:
+        raise error(f"{key} must not be null")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise error(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise error(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r} for {key}")  # a bug in a config class, not user input
+
+
+@functools.cache
+def describe(cls: type) -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every key of CLS, nested config classes expanded in place."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = _hints(cls)
+    for f in _fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, Checked):
+            rows += describe(hint)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((cls.key(f.name), default, f.metadata.get("help", "")))
+    return rows
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(cls) if not f.metadata.get("internal"))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # cached: resolving annotations costs more than building a config (a grid builds thousands)
+    return typing.get_type_hints(cls)
