@@ -18,18 +18,10 @@ from ray_grok.cli import main
 from ray_grok.trial.schema import SETS
 from ray_grok.errors import PhaseError
 from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
-from ray_grok.results.plots import (
-    PHASE_STYLE,
-    curve_columns,
-    default_cells,
-    figures,
-    kshot_figure,
-    log_phase_diagrams,
-    phase_diagram_figure,
-    phase_diagram_images,
-    plot_all,
-    training_figure,
+from ray_grok.results.figures import (
+    PHASE_STYLE, curve_columns, default_cells, kshot_figure, phase_diagram_figure, training_figure,
 )
+from ray_grok.results.plots import figures, log_phase_diagrams, phase_diagram_images, plot_all
 from synthetic import CURVES_COLUMNS, curves_frame, fig1b_depth6_trials, trial, trials_frame
 
 RULE = PhaseRule()
