@@ -9,9 +9,17 @@ directories (config.json, status.json, metrics.parquet as a trial writes them). 
                      live phase diagrams and a mid-sweep `ray-grok aggregate` do
 and three totals against the goal of 10 s on a 2-core CPU machine: phases + plots from the results
 tables; a first (cold) aggregation + phases + plots; a re-aggregation + phases + plots.
-CPU seconds (all threads) are printed
-beside wall seconds, since a shared machine slows wall time. Writing the trial directories is not
-timed (minutes for 10,000); --run-dir keeps them for the next run.
+
+Then the alternatives to ray-grok's own reader (a thread pool over the trial files plus the results
+cache), timed in the same run so that their ratios to it hold on a shared machine:
+  plain dataset      the same cold aggregation from one plain pyarrow.dataset scan of every
+                     metrics.parquet, each batch attributed to its trial by its file, no cache
+  duckdb copy        DuckDB reading every metrics.parquet with its file name and writing the curves
+                     (read + write, no trials table), when DuckDB is installed (the test extras)
+
+CPU seconds (all threads) are printed beside wall seconds, since a shared machine slows wall
+time. Writing the trial directories is not timed (minutes for 10,000); --run-dir keeps them for the
+next run.
 
 Run: python benchmarks/aggregate.py [--trials N] [--evals M] [--run-dir DIR] [--skip-aggregate]
 """
@@ -32,6 +40,54 @@ from ray_grok.results.plots import plot_all
 from synthetic import sweep, write_run_dir  # noqa: E402
 
 GOAL_S = 10.0
+
+
+def plain_dataset_aggregate(run_dir: Path, out: Path) -> int:
+    """The same tables as `aggregate`, cold, from one plain pyarrow.dataset scan of every
+    metrics.parquet (each batch attributed to its trial by its file) instead of ray-grok's reader:
+    the trials table and the curves chunk files written to OUT. Returns the curves rows."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from ray_grok.io import read_json, read_json_or
+    from ray_grok.results import aggregate as agg
+    from ray_grok.results.plan import read_plan
+    from ray_grok.trial.schema import METRICS_SCHEMA
+
+    entries = read_plan(run_dir).entries
+    files = [str(run_dir / e.dir / "metrics.parquet") for e in entries]
+    owner = {f: i for i, f in enumerate(files)}
+    per_trial: list[list] = [[] for _ in entries]
+    for tagged in ds.dataset(files, format="parquet", schema=METRICS_SCHEMA).scanner().scan_batches():
+        per_trial[owner[tagged.fragment.path]].append(tagged.record_batch)  # a file's batches come in order
+    out.mkdir(parents=True)
+    trials, rows = [], 0
+    for start in range(0, len(entries), agg.BATCH_TRIALS):  # the curves files of `aggregate`, and its rows
+        chunk = entries[start:start + agg.BATCH_TRIALS]
+        files_ = [agg.TrialFiles(read_json_or(run_dir / e.dir / "status.json", {}),
+                                 agg.flat_config(read_json(run_dir / e.dir / "config.json")),
+                                 pa.Table.from_batches(per_trial[start + i], schema=METRICS_SCHEMA))
+                  for i, e in enumerate(chunk)]
+        table, curves = agg.batch_tables(chunk, files_)
+        pq.write_table(curves, out / agg.chunk_file(start), row_group_size=curves.num_rows, **agg.CURVES_WRITE_OPTIONS)
+        trials.append(table)
+        rows += curves.num_rows
+    pq.write_table(pa.concat_tables(trials), out / "trials.parquet")
+    return rows
+
+
+def duckdb_copy(run_dir: Path, out: Path) -> int:
+    """Every trial's metrics read by DuckDB with its file name and written as one curves dataset."""
+    import duckdb
+
+    from ray_grok.results.plan import read_plan
+
+    files = [str(run_dir / e.dir / "metrics.parquet") for e in read_plan(run_dir).entries]
+    con = duckdb.connect()
+    con.execute(f"copy (select * from read_parquet($files, filename=true)) to '{out}' "
+                "(format parquet, per_thread_output true)", {"files": files})
+    return con.execute(f"select count(*) from read_parquet('{out}/*.parquet')").fetchone()[0]
 
 
 def touch_trials(run_dir: Path, n: int) -> int:
@@ -110,6 +166,11 @@ def main() -> None:
                 warm = aggregate(run_dir)
             print(f"warm re-aggregation: {changed} trials changed, {warm.reused_trials:,} of {warm.trials:,} "
                   f"taken from the previous tables")
+            with timed("plain dataset"):
+                assert plain_dataset_aggregate(run_dir, Path(tmp) / "plain") == summary.curve_rows
+            with contextlib.suppress(ImportError):
+                with timed("duckdb copy"):
+                    assert duckdb_copy(run_dir, Path(tmp) / "duck") == summary.curve_rows
     names = ", ".join(p.name for p in paths)
     print(f"{classified['phase'].notna().sum():,} trials classified into {len(table)} cells; figures: {names}")
     print(f"  {'part':<18} {'wall s':>8} {'cpu s':>8}")
@@ -123,6 +184,12 @@ def main() -> None:
                    ("re-aggregation + phases + plots", timed.parts["aggregate (warm)"][0] + shown)]
     for label, total in totals:
         print(f"  {label:<55} {total:7.3f} s  (goal < {GOAL_S:g} s: {'met' if total < GOAL_S else 'MISSED'})")
+    cold = timed.parts.get("aggregate (cold)", (0, 0))[0]
+    for name in ("plain dataset", "duckdb copy"):
+        if name in timed.parts and cold:
+            print(f"  {name} / ray-grok's cold aggregation: {timed.parts[name][0] / cold:.2f}x wall "
+                  f"({timed.parts[name][0]:.1f} s / {cold:.1f} s)")
+
 
 if __name__ == "__main__":
     main()

@@ -251,6 +251,7 @@ def write_run_dir(root: Path, trials, curves) -> Path:
 
     from ray_grok.trial.config import unflatten
     from ray_grok.io import write_json
+    from ray_grok.trial.outputs import METRICS_WRITE_OPTIONS
     from ray_grok.trial.schema import METRICS_SCHEMA
 
     cfg_cols = [c for c in trials.columns if "." in c or c == "seed"]
@@ -263,9 +264,9 @@ def write_run_dir(root: Path, trials, curves) -> Path:
         write_json(out / "status.json", {"state": "done", "step": int(rec["steps_done"]),
                                          "best_step": int(rec["best_step"]), "wall_time": 1.0})
         rows = by_trial.get_group(rec["trial_id"])
-        # as MetricsLog writes it: Arrow's defaults, no pandas metadata
+        # as MetricsLog writes it: its write options, no pandas metadata
         table = pa.Table.from_pandas(rows[list(METRICS_SCHEMA.names)], schema=METRICS_SCHEMA, preserve_index=False)
-        pq.write_table(table.replace_schema_metadata(None), out / "metrics.parquet")
+        pq.write_table(table.replace_schema_metadata(None), out / "metrics.parquet", **METRICS_WRITE_OPTIONS)
         entries.append({"trial_id": rec["trial_id"], "dir": f"trials/{rec['trial_id']}", "coords": {},
                         "steps": int(rec["steps_done"])})
     write_json(root / "plan.json", {"name": "bench", "trials": entries})

@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path
-from .schema import METRICS_SCHEMA
+from .schema import BY_SHOT_COLUMNS, METRICS_SCHEMA
+
+# The by-shot lists are near-unique doubles: dictionary-encoding them (Arrow's default) saves no
+# space and makes every rewrite and every read by the aggregation slower (about 40% and 20%), and
+# nothing filters on their statistics.
+METRICS_WRITE_OPTIONS = {
+    "use_dictionary": [n for n in METRICS_SCHEMA.names if n not in BY_SHOT_COLUMNS],
+    "write_statistics": [n for n in METRICS_SCHEMA.names if n not in BY_SHOT_COLUMNS],
+}
 
 
 class MetricsLog:
@@ -36,7 +44,7 @@ class MetricsLog:
 
     def _write(self) -> None:
         with atomic_path(self.path) as tmp:
-            pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), tmp)
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), tmp, **METRICS_WRITE_OPTIONS)
 
 
 class TensorBoard:
