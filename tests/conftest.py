@@ -1,8 +1,18 @@
-"""Shared test helpers: tiny configs that train in seconds on a 2-core CPU."""
+"""Shared test helpers: tiny configs that train in seconds on a 2-core CPU, and the `slow` rule.
+
+`pytest -m "not slow"` is the inner loop (well under a minute): every test that trains a model,
+starts Ray or starts a subprocess must be marked slow. The rule is enforced, not remembered: in a
+test without the mark, starting a process or taking a training step fails the test, saying so.
+"""
 from __future__ import annotations
+
+import contextlib
+import subprocess
+from typing import Any, Iterator
 
 import pytest
 
+import ray_grok.trial.run
 from ray_grok.trial.config import TrialConfig, load_config
 
 # Two random tasks mod 7, 8 examples a row: a 2-block model memorizes them in a few hundred steps.
@@ -25,3 +35,36 @@ def tiny_config(*extra: str) -> TrialConfig:
 @pytest.fixture
 def tiny() -> TrialConfig:
     return tiny_config()
+
+
+@contextlib.contextmanager
+def _no_slow_work(item: pytest.Item) -> Iterator[None]:
+    """Starting a process or training fails a test without the slow mark (fixtures included)."""
+    if item.get_closest_marker("slow"):
+        yield
+        return
+
+    class NoProcess(subprocess.Popen):
+        def __init__(self, *args: Any, **kwargs: Any):
+            raise AssertionError(f"{item.nodeid} starts a process ({args[0] if args else kwargs.get('args')}): "
+                                 "mark it @pytest.mark.slow")
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{item.nodeid} trains a model: mark it @pytest.mark.slow")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", NoProcess)  # Ray, submitit, sbatch and every child start here
+        mp.setattr(ray_grok.trial.run, "train_step", no_training)
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _no_slow_work(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_slow_work(item):
+        yield

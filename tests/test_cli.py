@@ -44,6 +44,7 @@ def test_readme_documents_every_config_key():
     assert not missing, f"README.md lacks config keys {missing}; regenerate its table from describe_keys()"
 
 
+@pytest.mark.slow
 def test_rerun_applies_overrides_on_the_stored_config(tmp_path):
     from conftest import tiny_overrides
 

@@ -333,6 +333,7 @@ def test_rendezvous_is_fresh_per_job_start():
 # Processes: found by marker, stopped by PID
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_marked_processes_are_found_and_stopped(tmp_path):
     marker = f"test{os.getpid()}/0"
     # a child that ignores SIGTERM, and a grandchild: both must be found and stopped
@@ -364,6 +365,7 @@ def test_a_reused_pid_is_not_taken_for_the_recorded_process():
     assert not proc_alive(Proc(os.getpid(), me[2] + 1, me[3]))
 
 
+@pytest.mark.slow
 def test_spawned_children_ignore_the_time_limit_warning():
     proc = spawn([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN)"],
                     dict(os.environ), stdout=subprocess.PIPE, text=True)
@@ -439,6 +441,7 @@ def test_launch_on_slurm_without_sbatch_fails_before_creating_the_run_dir(tmp_pa
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_launch_says_why_sbatch_refused_the_job(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

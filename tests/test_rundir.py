@@ -68,6 +68,7 @@ def run_dir(tmp_path_factory) -> Path:
     return launch.run_dir
 
 
+@pytest.mark.slow
 def test_run_dir_holds_grid_plan_and_a_config_per_trial(run_dir):
     plan = read_plan(run_dir)
     assert plan.name == "files" and len(plan.entries) == 4
@@ -77,6 +78,7 @@ def test_run_dir_holds_grid_plan_and_a_config_per_trial(run_dir):
     assert plan.entries[0].dir == "trials/n_id=2/seed=0"
 
 
+@pytest.mark.slow
 def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     summary = aggregate(run_dir)
     assert summary.trials == 4 and summary.by_status == {"done": 2, "running": 1, "pending": 1}
@@ -106,6 +108,7 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     assert list(row["final_id_test_acc_by_shot"]) == list(c.iloc[-1]["id_test_acc_by_shot"])
 
 
+@pytest.mark.slow
 def test_aggregate_is_idempotent_and_atomic(run_dir):
     aggregate(run_dir)
     first = pq.read_table(run_dir / "results" / "trials")
@@ -117,6 +120,7 @@ def test_aggregate_is_idempotent_and_atomic(run_dir):
     assert [p.name for p in (run_dir / "results" / "curves").iterdir()] == ["part-0000000.parquet"]  # no temp files
 
 
+@pytest.mark.slow
 def test_results_are_readable_by_pyarrow_pandas_duckdb_and_the_phase_tools(run_dir):
     aggregate(run_dir)
     assert ds.dataset(run_dir / "results" / "trials").to_table().schema.equals(TRIALS_SCHEMA)
@@ -131,6 +135,7 @@ def test_results_are_readable_by_pyarrow_pandas_duckdb_and_the_phase_tools(run_d
     assert n == 4 and rows == len(pd.read_parquet(run_dir / "results" / "curves"))
 
 
+@pytest.mark.slow
 def test_status_from_files_counts_states_and_shows_errors(run_dir, tmp_path):
     plan = read_plan(run_dir)
     failed = run_dir / plan.entries[3].dir
@@ -196,6 +201,7 @@ def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path):
         resolve(None, tmp_path / "nothing", resume=True)
 
 
+@pytest.mark.slow
 def test_expansion_of_the_test_grid_matches_the_plan(run_dir):
     plan = read_plan(run_dir)
     assert plan.ids == [t.trial_id for t in expand(grid_from_dict(GRID))]
