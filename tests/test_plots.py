@@ -21,8 +21,9 @@ from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
 from ray_grok.results.figures import (
     PHASE_STYLE, curve_columns, default_cells, kshot_figure, phase_diagram_figure, training_figure,
 )
+from ray_grok.results.schema import CURVES_SCHEMA
 from ray_grok.results.plots import figures, log_phase_diagrams, phase_diagram_images, plot_all
-from synthetic import CURVES_COLUMNS, curves_frame, fig1b_depth6_trials, trial, trials_frame
+from synthetic import curves_frame, fig1b_depth6_trials, trial, trials_frame
 
 RULE = PhaseRule()
 
@@ -45,8 +46,10 @@ def visible_axes(fig) -> list:
     return [ax for ax in fig.axes if ax.get_visible()]
 
 
-def test_synthetic_curves_have_the_schema_columns(sweep):
-    assert tuple(sweep[1].columns) == CURVES_COLUMNS
+def test_synthetic_curves_are_a_valid_curves_table(sweep):
+    """The figure tests run on synthetic tables: they must have the real table's columns and types."""
+    table = pa.Table.from_pandas(sweep[1], schema=CURVES_SCHEMA, preserve_index=False)
+    assert table.schema.names == CURVES_SCHEMA.names and table.num_rows == len(sweep[1])
 
 
 def test_every_figure_has_its_panels_and_states_the_rule(sweep):

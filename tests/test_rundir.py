@@ -3,6 +3,7 @@
 Trials are trained in-process with run_trial (the same call the Tune trainable makes), so the
 tables are built from real trial directories in a few seconds.
 """
+import re
 import time
 from pathlib import Path
 
@@ -13,18 +14,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ray_grok.results.aggregate import aggregate
-from ray_grok.results.schema import TRIALS_SCHEMA
 from ray_grok.cli import main
-from ray_grok.trial.config import TrialConfig
+from ray_grok.results.aggregate import aggregate
+from ray_grok.results.plan import read_plan
+from ray_grok.results.schema import TRIALS_SCHEMA
 from ray_grok.sweep.grid import expand, grid_from_dict
-from ray_grok.sweep.rundir import (
-    RunDirError, prepare, read_plan, record_attempt, record_failure, resolve, write_driver,
-)
-from ray_grok.trial.schema import EVAL_COLUMNS, METRICS_COLUMNS
+from ray_grok.sweep.rundir import RunDirError, prepare, record_attempt, record_failure, resolve, write_driver
 from ray_grok.sweep.status import format_status, sweep_status
+from ray_grok.trial.config import VALID_KEYS, TrialConfig
 from ray_grok.trial.run import run_trial
+from ray_grok.trial.schema import EVAL_COLUMNS, METRICS_COLUMNS
 
+ROOT = Path(__file__).resolve().parents[1]
 GRID = {
     "name": "files",
     "base": {"task": {"p": 7, "rule": "random", "n_ood": 8, "n_examples": 8},
@@ -106,6 +107,34 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     assert row["best_ood_test_acc_last"] == c.loc[row["best_step"], "ood_test_acc_last"]
     assert row["final_id_train_loss"] == c.iloc[-1]["id_train_loss"]
     assert list(row["final_id_test_acc_by_shot"]) == list(c.iloc[-1]["id_test_acc_by_shot"])
+
+
+def documented_names(start: str, end: str) -> list[str]:
+    """The `quoted` names of the README text from START to END, `{set}` expanded over the sets it lists."""
+    text = (ROOT / "README.md").read_text()
+    text = text[text.index(start):text.index(end, text.index(start))]
+    names = re.findall(r"`([^`]+)`", text)[1:]  # the first is the file or table itself
+    sets = re.search(r"for each set in ([\w, ]+):", text)
+    sets = [s.strip() for s in sets.group(1).split(",")] if sets else []
+    return [n.replace("{set}", s) if s else n for n in names for s in (sets if "{set}" in n else [""])]
+
+
+@pytest.mark.slow
+def test_the_tables_have_the_columns_the_readme_documents(run_dir):
+    aggregate(run_dir)
+    metrics = documented_names("| `metrics.parquet` |", "\n")
+    real_metrics = pq.read_schema(run_dir / read_plan(run_dir).entries[0].dir / "metrics.parquet").names
+    assert sorted(metrics) == sorted(real_metrics)
+    documented = documented_names("- `results/trials`:", "\n- `results/curves`")
+    fixed = documented[:5]
+    examples = [n for n in documented[5:] if "{" not in n]
+    assert set(examples) <= set(VALID_KEYS), examples  # the config columns it names are config keys
+    per_set = [m for m in metrics if m not in ("step", "lr", "tokens_seen", "wall_time")]
+    trials = pq.read_schema(run_dir / "results" / "trials" / "part-0.parquet").names
+    assert trials[:5] == fixed and trials[5:5 + len(VALID_KEYS)] == list(VALID_KEYS)
+    assert sorted(trials[5 + len(VALID_KEYS):]) == sorted(f"{t}_{m}" for t in ("final", "best") for m in per_set)
+    curves = pq.read_schema(next((run_dir / "results" / "curves").glob("*.parquet"))).names
+    assert documented_names("- `results/curves`:", "\n") == ["trial_id"] and curves == ["trial_id", *real_metrics]
 
 
 @pytest.mark.slow

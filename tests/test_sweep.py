@@ -1,6 +1,6 @@
 """Sweeps end to end on a real local Ray (2 CPUs, token auth off for this private test box, a short
 temp dir, a capped object store, no dashboard): the smoke grid, SIGKILL of the driver and resume,
-failing trials, and the live view.
+failing trials, the live view, and a run directory whose Tune state ray-grok 0.1.0 wrote.
 
 Each test starts and stops its own Ray; the kill test runs the driver as a subprocess in its own
 session and cleans up only the processes of that session.
@@ -19,11 +19,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ray_grok import __version__
 from ray_grok.cli import main
-from ray_grok.sweep.rundir import read_plan, resolve
-from ray_grok.sweep.status import format_status, sweep_status
+from ray_grok.results.plan import read_plan
 from ray_grok.sweep.callbacks import LIVE_TB_DIR
 from ray_grok.sweep.launch import launch
+from ray_grok.sweep.rundir import prepare, resolve
+from ray_grok.sweep.status import format_status, sweep_status
 
 pytestmark = pytest.mark.slow
 
@@ -272,3 +274,69 @@ def test_fractional_gpus_pack_two_trials_on_one_gpu(tmp_path):
         spans.append((start, end))
     (s0, e0), (s1, e1) = spans
     assert s0 < e1 and s1 < e0, f"the two trials did not overlap: {spans}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A run directory of ray-grok 0.1.0: its Tune state names 0.1.0's module paths
+# ---------------------------------------------------------------------------------------------
+
+# what 0.1.0 pickled into tuner.pkl and Tune's search state, by today's path
+NAMES_0_1_0 = {b"cray_grok.sweep.launch\ntune_dirname\n": b"cray_grok.sweep\n_tune_dirname\n",
+               b"cray_grok.sweep.callbacks\nPlaceholder\n": b"cray_grok.sweep\nSweepProgress\n"}
+
+
+def rewrite_tune_state(experiment: Path, names: dict[bytes, bytes]) -> None:
+    """Tune's pickles in EXPERIMENT, with the class and function paths NAMES maps renamed (pickle
+    protocol 3 names them as text lines)."""
+    import ray.cloudpickle as cloudpickle
+
+    for path in [experiment / "tuner.pkl", *experiment.glob("basic-variant-state-*.json")]:
+        data = cloudpickle.dumps(cloudpickle.loads(path.read_bytes()), protocol=3)
+        assert any(new in data for new in names), path
+        for new, old in names.items():
+            data = data.replace(new, old)
+        path.write_bytes(data)
+
+
+def start_over(run_dir: Path, trial_dir: str) -> None:
+    """The trial in TRIAL_DIR has not run yet: what a resume has left to do."""
+    for name in ("status.json", "metrics.parquet", "attempts.json", "checkpoints"):
+        path = run_dir / trial_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def test_a_run_dir_of_0_1_0_resumes_and_an_unreadable_tune_state_says_what_to_do(tmp_path):
+    grid = write_grid(tmp_path / "old.yaml", axes={"task.n_id": [4, 8]}, seeds=1,
+                      run={"max_concurrent": 2, "max_failures": 0, "object_store_mb": 200})
+    plan = resolve(grid, tmp_path / "run", resume=False)
+    out, redo = plan.run_dir, plan.trials[1]
+    # a first launch leaves one trial errored in Tune's state: a file stands where its checkpoints go
+    prepare(out, plan.spec, plan.grid_text, plan.trials)
+    (out / redo.dir / "checkpoints").write_text("not a directory")
+    assert launch(plan, echo=lambda line: None).counts == {"done": 1, "failed": 1}
+    experiment = out / "tune" / "sweep"
+
+    # as 0.1.0 left it: its module paths in Tune's state, no version in sweep.json
+    (out / redo.dir / "checkpoints").unlink()
+    rewrite_tune_state(experiment, NAMES_0_1_0)
+    driver = json.loads((out / "sweep.json").read_text())
+    (out / "sweep.json").write_text(json.dumps({k: v for k, v in driver.items() if k != "version"}))
+    result = CliRunner().invoke(main, ["launch", "--resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output  # Tune restored its state and retried the errored trial
+    assert "resuming old" in result.output and "2 done, 0 errored, 0 unfinished" in result.output
+    assert json.loads((out / "sweep.json").read_text())["version"] == __version__
+
+    # a state that names a path no ray-grok has: refused, naming the version that wrote it
+    rewrite_tune_state(experiment, {b"cray_grok.sweep.launch\ntune_dirname\n": b"cray_grok.gone\ntune_dirname\n"})
+    result = CliRunner().invoke(main, ["launch", "--resume", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    for words in (f"holds Ray Tune's state as ray-grok {__version__} wrote it, which ray-grok {__version__} "
+                  "cannot read (tuner.pkl: ModuleNotFoundError: No module named 'ray_grok.gone')",
+                  f"mv {out / 'tune'} {out / 'tune'}-{__version__} && ray-grok launch --resume --out {out}"):
+        assert words in " ".join(result.output.split()), result.output
+    # and what it says to do works: the sweep goes on from its trial directories
+    start_over(out, redo.dir)
+    shutil.move(out / "tune", f"{out / 'tune'}-{__version__}")
+    result = CliRunner().invoke(main, ["launch", "--resume", "--out", str(out)])
+    assert result.exit_code == 0 and "2 done, 0 errored, 0 unfinished" in result.output, result.output
+    assert json.loads((out / redo.dir / "status.json").read_text())["state"] == "done"
