@@ -47,7 +47,7 @@ FIG1B_DISSENT = {(128, 0.4): "id memorization"}
 
 
 def fig1b_depth6_phase(n_id: int, alpha: float) -> str:
-    """Paper Fig. 1b (depth 6) as SPEC.md section 7 reads it off the figure."""
+    """Paper Fig. 1b (depth 6), its phases as read off the figure."""
     if n_id >= 256:
         return "ood generalization" if alpha >= (0.4 if n_id == 256 else 0.3) - 1e-9 else "ood memorization"
     id_gen_from = {32: 0.7, 64: 0.6, 128: 0.4}.get(n_id)

@@ -193,11 +193,9 @@ def test_sbatch_text_carries_the_profile():
 
 
 def test_slurm_parameters_are_valid_for_submitit():
-    from submitit.slurm.slurm import _get_default_parameters
-
     params = slurm_parameters(profile_from_dict({**SLURM, "account": "proj", "qos": "high", "mem": "64G",
                                                  "gpus_per_node": 2}), Path("/r"))
-    assert set(params) <= set(_get_default_parameters())
+    assert set(params) <= compat.sbatch_parameter_names()
     assert (params["account"], params["qos"], params["mem"], params["gpus_per_node"]) == ("proj", "high", "64G", 2)
 
 

@@ -62,7 +62,7 @@ def test_each_phase_from_its_clean_accuracies(phase):
 
 @pytest.mark.parametrize("accs, phase", [
     # (id_train, id_test, ood_train, ood_test): the hardest set fitted names the phase
-    ((0.9, 0.1, 0.9, 0.1), "ood memorization"),  # SPEC: o.o.d. tasks on train inputs only
+    ((0.9, 0.1, 0.9, 0.1), "ood memorization"),  # the paper: o.o.d. tasks on train inputs only
     ((0.9, 0.9, 0.9, 0.1), "ood memorization"),  # id_test fitted too: still not ood_test
     ((0.9, 0.1, 0.1, 0.9), "ood generalization"),  # inconsistent: ood_test is the strongest evidence
     ((0.9, 0.1, 0.9, 0.9), "ood generalization"),

@@ -8,7 +8,7 @@ keeps a chunk whose key and curves file are unchanged: its rows of `trials` come
 table and its curves file is left alone, instead of reading hundreds of small files and writing
 them again.
 
-A stamp is (inode, mtime_ns, size): every trial file is replaced by a rename (outputs.py), so a
+A stamp is (inode, mtime_ns, size): every trial file is replaced by a rename (ray_grok.io), so a
 rewrite gets a new inode even within one mtime tick or at the same size. Anything that does not
 match (no index, another trials table, another schema, a curves file replaced or missing) falls
 back to reading the trial files: the cache makes aggregation faster, never different.

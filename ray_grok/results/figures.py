@@ -2,8 +2,9 @@
 and training curves, from the trials and curves tables of RUN_DIR/results.
 
 Each figure has a function that returns the matplotlib Figure, so tests and notebooks can inspect
-it; plots.py saves them (files, TensorBoard images). Figures are built with `matplotlib.figure.Figure`, not pyplot: no global
-state, no GUI backend (the Agg renderer draws them on a headless node), nothing to close.
+it; plots.py saves them (files, TensorBoard images). Figures are built with
+`matplotlib.figure.Figure`, not pyplot: no global state, no GUI backend (the Agg renderer draws
+them on a headless node), nothing to close.
 Every figure states its PhaseRule in the subtitle. Colours step in lightness and phases also differ
 by hatching, so the figures survive greyscale printing.
 """
@@ -55,7 +56,7 @@ MAX_ANNOTATED = 12
 
 
 def _titles(fig: Figure, title: str, rule: PhaseRule) -> None:
-    """Every figure's title carries its classification rule (SPEC.md section 7: record it)."""
+    """Every figure's title carries its classification rule (the paper states none: record it)."""
     fig.suptitle(f"{title}\n{rule.describe()}", fontsize=11)
 
 

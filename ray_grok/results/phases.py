@@ -1,8 +1,8 @@
 """Phase classification of trials (paper Fig. 1b) and the per-cell phase table of a sweep.
 
 A trial is classified from four accuracies (id_train, id_test, ood_train, ood_test) read with one
-metric, at one time point, against one threshold: a `PhaseRule`. The paper states none of the three
-(SPEC.md section 7), so all three are configurable and every table and figure records the rule.
+metric, at one time point, against one threshold: a `PhaseRule`. The paper states none of the three,
+so all three are configurable and every table and figure records the rule.
 
 A cell of the phase diagram is one (model.depth, task.n_id, task.alpha); its seeds vote and the
 table keeps the agreement, so a contested cell is visible instead of silently rounded.
@@ -113,7 +113,7 @@ def classify_trials(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.D
     """`trials` with a categorical `phase` column; NaN where the trial is not classified.
 
     The phase names the hardest set the trial fits, in the order id_train < id_test < ood_train <
-    ood_test, once id_train fits (else "not fitted"). For the combinations SPEC.md names this is
+    ood_test, once id_train fits (else "not fitted"). For the combinations the paper names this is
     exactly its definition (ood memorization = ood_train but not ood_test, whatever id_test does);
     it also settles the inconsistent ones, where a harder set fits while an easier one does not
     (ood_test without ood_train or id_test is "ood generalization"), by the strongest evidence,

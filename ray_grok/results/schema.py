@@ -19,7 +19,6 @@ from ..trial.schema import BY_SHOT_COLUMNS, EVAL_COLUMNS, METRICS_SCHEMA
 
 RESULTS_DIR = "results"  # under RUN_DIR
 TRIALS, CURVES = "trials", "curves"  # the two tables, each a directory of Parquet files
-TRIAL_COLUMNS = ("trial_id", "status", "steps_done", "wall_time", "best_step")
 CONFIG_DEFAULTS = TrialConfig().flat()  # {dotted key: default}: the config columns, in order
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .rundir import Launch
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
-# this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, SPEC.md section 8)
+# this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops below)
 # fit their 6-hour limit on one A100, so they reached at least 2.2e18 / 21,600 s = 1.0e14 FLOP/s.
 DEFAULT_GPU_TFLOPS = 100.0
 GPU_RATE_SOURCE = ("the rate the paper's runs imply (a depth-6 trial, 2.2e18 FLOPs, fit the authors' "

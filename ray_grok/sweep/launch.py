@@ -174,7 +174,7 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
 @contextlib.contextmanager
 def _quiet_result_grid() -> Iterator[None]:
     """Tuner.restore and the end of Tuner.fit read result.json files that the disabled loggers
-    never wrote, and warn per trial; the results tables are ours (results/aggregate.py): noise."""
+    never wrote, and warn per trial; the results tables are ours (ray_grok.results): noise."""
     logger = logging.getLogger(compat.TUNE_RESULTS_LOGGER)
     level = logger.level
     logger.setLevel(logging.ERROR)

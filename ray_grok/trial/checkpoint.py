@@ -80,14 +80,3 @@ def load_latest(ckpt_dir: Path) -> dict | None:
                     log.warning("resuming from %s (step %d)", path, state["step"])
                 return state
     return None
-
-
-def load_best(ckpt_dir: Path) -> dict | None:
-    path = ckpt_dir / BEST
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        log.warning("best checkpoint %s is unreadable (%s)", path, exc)
-        return None

@@ -107,7 +107,7 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-        # residual branches add up over depth: scale the MLP output projection down (SPEC section 4)
+        # residual branches add up over depth: scale the MLP output projection down (the paper's init)
         for block in self.blocks:
             nn.init.normal_(block.mlp.down.weight, mean=0.0, std=self.cfg.init_std / math.sqrt(2 * self.cfg.depth))
 

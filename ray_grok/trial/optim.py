@@ -13,7 +13,7 @@ def lr_multiplier(step: int, train: TrainConfig) -> float:
     """Multiplier of the peak lr for the update with 0-based index `step` (0 .. steps-1).
 
     Linear from warmup_start to 1.0 over warmup_steps, then cosine from 1.0 down to
-    final_lr_ratio at the last step (SPEC section 5).
+    final_lr_ratio at the last step (the paper's schedule).
     """
     w, last = train.warmup_steps, train.steps - 1
     if step < w:
