@@ -19,6 +19,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -114,7 +115,7 @@ def unreadable_tune_state(experiment: Path) -> str | None:
     for path in [tuner, *search[-1:]]:
         try:
             cloudpickle.loads(path.read_bytes())
-        except (ImportError, AttributeError, TypeError, ValueError, EOFError, cloudpickle.pickle.UnpicklingError) as exc:
+        except (ImportError, AttributeError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             return f"{path.name}: {type(exc).__name__}: {exc}"
     return None
 
