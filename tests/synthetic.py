@@ -37,6 +37,7 @@ TRIAL_COLUMNS = (
     + tuple(BASE_CONFIG)
     + tuple(f"final_{m}" for m in EVAL_COLUMNS)
     + tuple(f"best_{m}" for m in EVAL_COLUMNS)
+    + tuple(f"{kind}_{m}" for m in ("ood_test_acc", "ood_test_acc_last") for kind in ("peak", "peak_step", "drop"))
 )
 CURVES_COLUMNS = ("trial_id",) + METRICS_COLUMNS
 
@@ -145,6 +146,9 @@ def _trials_from_arrays(*, depth, n_id, alpha, seed, best, final, status, best_s
         for name, value in metrics.items():
             # by-shot cells are Python lists of floats, as pyarrow reads list<double> back to pylist
             cols[name] = value.tolist() if name.endswith("by_shot") else value
+    for m in ("ood_test_acc", "ood_test_acc_last"):  # the curve of fig1b_depth6_curves peaks at best_step
+        peak = np.fmax(cols[f"best_{m}"], cols[f"final_{m}"])
+        cols[f"peak_{m}"], cols[f"peak_step_{m}"], cols[f"drop_{m}"] = peak, best_step, peak - cols[f"final_{m}"]
     frame = pd.DataFrame(cols)
     assert tuple(frame.columns) == TRIAL_COLUMNS
     return frame

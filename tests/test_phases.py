@@ -97,6 +97,26 @@ def test_time_point_best_catches_transient_ood_generalization():
     spec = trial(best="ood generalization", final="ood memorization")
     assert phases_of(spec, rule=PhaseRule(time="best")) == ["ood generalization"]
     assert phases_of(spec, rule=PhaseRule(time="final")) == ["ood memorization"]
+    assert phases_of(spec, rule=PhaseRule(time="auto")) == ["ood generalization"]
+
+
+def test_time_point_auto_ignores_a_noise_peak_of_a_run_that_never_generalizes():
+    # The o.o.d. test accuracy never fits, so its "best" step is an early, random one where the
+    # run had not yet memorized: best reads "not fitted", auto reads the end of training.
+    spec = trial(best=(0.2, 0.1, 0.1, 0.12), final=(0.98, 0.1, 0.1, 0.08))
+    assert phases_of(spec, rule=PhaseRule(time="best")) == ["not fitted"]
+    assert phases_of(spec, rule=PhaseRule(time="auto")) == ["id memorization"]
+    assert phases_of(spec, rule=PhaseRule(time="final")) == ["id memorization"]
+
+
+def test_time_point_auto_decides_per_trial_and_its_table_means_what_it_classified():
+    generalizes = trial(seed=0, best=(1.0, 1.0, 0.9, 0.8), final=(1.0, 1.0, 0.9, 0.3))
+    memorizes = trial(seed=1, best=(0.3, 0.1, 0.1, 0.4), final=(0.9, 0.2, 0.1, 0.1))
+    rule = PhaseRule(time="auto")
+    assert phases_of(generalizes, memorizes, rule=rule) == ["ood generalization", "id memorization"]
+    row = phase_table(trials_frame([generalizes, memorizes]), rule).iloc[0]
+    # best for the first trial, final for the second
+    assert np.allclose(row[["acc_id_train", "acc_ood_test"]].astype(float), [(1.0 + 0.9) / 2, (0.8 + 0.1) / 2])
 
 
 def test_unfinished_failed_and_nan_trials_are_not_classified():
@@ -130,9 +150,12 @@ def test_rule_validation_names_field_and_value(kwargs, field):
 
 def test_rule_defaults_and_description():
     rule = PhaseRule()
-    assert (rule.metric, rule.threshold, rule.time) == ("acc_last", 0.5, "best")
-    assert rule.columns["ood_test"] == "best_ood_test_acc_last"
-    assert "last-position accuracy >= 0.5" in rule.describe() and "early-stopping" in rule.describe()
+    assert (rule.metric, rule.threshold, rule.time) == ("acc_last", 0.5, "auto")
+    assert rule.needed_columns == [f"{t}_{s}_acc_last" for t in ("best", "final")
+                                   for s in ("id_train", "id_test", "ood_train", "ood_test")]
+    assert PhaseRule(time="final", metric="acc").needed_columns[-1] == "final_ood_test_acc"
+    assert "last-position accuracy >= 0.5" in rule.describe() and "if ood_test fits there" in rule.describe()
+    assert "early-stopping step (best" in PhaseRule(time="best").describe()
     assert "end of training" in PhaseRule(time="final", threshold=0.9).describe()
 
 
@@ -195,7 +218,7 @@ def test_float_noise_in_alpha_is_one_cell():
 def test_table_records_its_rule_and_mean_accuracies():
     trials = trials_frame([trial(seed=0, best=(0.9, 0.8, 0.7, 0.6)), trial(seed=1, best=(0.7, 0.6, 0.5, 0.4))])
     row = phase_table(trials, PhaseRule(threshold=0.55)).iloc[0]
-    assert row[["rule.metric", "rule.threshold", "rule.time"]].tolist() == ["acc_last", 0.55, "best"]
+    assert row[["rule.metric", "rule.threshold", "rule.time"]].tolist() == ["acc_last", 0.55, "auto"]
     assert np.allclose(row[["acc_id_train", "acc_id_test", "acc_ood_train", "acc_ood_test"]].astype(float),
                        [0.8, 0.7, 0.6, 0.5])
 
@@ -251,7 +274,7 @@ def test_phases_command_prints_table_and_writes_files(run_dir):
     for written in (pd.read_csv(csv), pd.read_parquet(parquet)):
         assert len(written) == 49 and missing_cells(written) == 1
         assert written["phase"].tolist() == expected["phase"].tolist()
-        assert set(written["rule.time"]) == {"best"}
+        assert set(written["rule.time"]) == {"auto"}
 
 
 def test_phases_command_rule_options(run_dir):

@@ -20,6 +20,7 @@ from ray_grok.errors import PhaseError
 from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
 from ray_grok.results.figures import (
     PHASE_STYLE, curve_columns, default_cells, kshot_figure, phase_diagram_figure, training_figure,
+    transience_figure,
 )
 from ray_grok.results.schema import CURVES_SCHEMA
 from ray_grok.results.plots import figures, log_phase_diagrams, phase_diagram_images, plot_all
@@ -56,12 +57,26 @@ def test_every_figure_has_its_panels_and_states_the_rule(sweep):
     trials, curves = sweep
     cells = [Cell(6, 256, 0.6), Cell(2, 512, 0.3)]
     figs = figures(trials, curves, RULE, cells)
-    assert list(figs) == ["phases_depth2", "phases_depth6", "accuracy", "kshot", "training"]
+    assert list(figs) == ["phases_depth2", "phases_depth6", "accuracy", "transience", "kshot", "training"]
+    assert len(visible_axes(figs["transience"])) == 2  # one panel per depth
     assert len(visible_axes(figs["phases_depth6"])) == 1
     assert len(visible_axes(figs["accuracy"])) == 2 * len(SETS) + 1  # depth x set panels + colour bar
     assert len(visible_axes(figs["kshot"])) == len(visible_axes(figs["training"])) == len(cells)
     for name, fig in figs.items():
         assert RULE.describe() in fig.get_suptitle(), name
+
+
+def test_transience_figure_draws_peak_and_final_per_alpha_from_the_trials(sweep):
+    trials, _ = sweep
+    fig = transience_figure(trials, RULE)
+    d6 = next(ax for ax in fig.axes if ax.get_title() == "depth 6")
+    lines = [l for l in d6.get_lines() if not l.get_label().startswith(("chance", "threshold"))]
+    assert len(lines) == 2 * 7  # peak and final for each of the 7 alphas
+    done = trials[(trials["model.depth"] == 6) & (trials["status"] == "done")]
+    at = done[np.isclose(done["task.alpha"], 0.6)].groupby("task.n_id")
+    peak, final = lines[2 * 4].get_ydata(), lines[2 * 4 + 1].get_ydata()  # alpha 0.6 is the 5th
+    assert np.allclose(peak, at["peak_ood_test_acc_last"].mean()) and np.allclose(final, at["final_ood_test_acc_last"].mean())
+    assert (peak >= final).all() and (peak > final).any()  # the synthetic depth-6 sweep decays
 
 
 def test_phase_diagram_counts_missing_cells_and_labels_disagreement(sweep):
@@ -121,7 +136,7 @@ def test_plot_all_writes_real_pngs(sweep, tmp_path):
     trials, curves = sweep
     paths = plot_all(trials, curves, tmp_path / "plots", RULE, cells=[Cell(6, 512, 0.8)])
     assert sorted(p.name for p in paths) == sorted(
-        ["phases_depth2.png", "phases_depth6.png", "accuracy.png", "kshot.png", "training.png"])
+        ["phases_depth2.png", "phases_depth6.png", "accuracy.png", "transience.png", "kshot.png", "training.png"])
     for path in paths:
         image = mpimg.imread(path)
         height, width = image.shape[:2]
@@ -137,7 +152,7 @@ def test_plot_all_other_formats(sweep, tmp_path, fmt, magic):
     trials, curves = sweep
     d6 = trials["model.depth"] == 6
     paths = plot_all(trials[d6], curves, tmp_path, RULE, fmt=fmt, cells=[])
-    assert [p.suffix for p in paths] == [f".{fmt}"] * 2  # phases_depth6 and accuracy; no cells
+    assert [p.suffix for p in paths] == [f".{fmt}"] * 3  # phases_depth6, accuracy, transience; no cells
     for path in paths:
         assert path.read_bytes().startswith(magic) and path.stat().st_size > 10_000
 
@@ -193,7 +208,7 @@ def test_plot_command_writes_figures(run_dir):
                                            "--time", "final"])
     assert result.exit_code == 0, result.output
     printed = result.output.split()
-    assert len(printed) == 5 and all(p.startswith(str(run_dir / "plots")) for p in printed)
+    assert len(printed) == 6 and all(p.startswith(str(run_dir / "plots")) for p in printed)
     assert all(p.endswith(".svg") for p in printed)
     svg = (run_dir / "plots" / "phases_depth6.svg").read_text()
     assert html.escape(PhaseRule(time="final").describe(), quote=False) in svg  # text kept as text

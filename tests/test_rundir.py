@@ -86,7 +86,9 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     trials = pd.read_parquet(run_dir / "results" / "trials")
     config_cols = list(TrialConfig().flat())
     expected = (["trial_id", "status", "steps_done", "wall_time", "best_step"] + config_cols
-                + [f"final_{m}" for m in EVAL_COLUMNS] + [f"best_{m}" for m in EVAL_COLUMNS])
+                + [f"final_{m}" for m in EVAL_COLUMNS] + [f"best_{m}" for m in EVAL_COLUMNS]
+                + [f"{kind}_{m}" for m in ("ood_test_acc", "ood_test_acc_last")
+                   for kind in ("peak", "peak_step", "drop")])
     assert list(trials.columns) == expected
     assert trials["trial_id"].is_unique and len(trials) == 4
     by_status = trials.set_index("status")
@@ -107,6 +109,13 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     assert row["best_ood_test_acc_last"] == c.loc[row["best_step"], "ood_test_acc_last"]
     assert row["final_id_train_loss"] == c.iloc[-1]["id_train_loss"]
     assert list(row["final_id_test_acc_by_shot"]) == list(c.iloc[-1]["id_test_acc_by_shot"])
+    # transience: the highest o.o.d. test accuracy of the curve, its first step, and peak - final
+    for m in ("ood_test_acc", "ood_test_acc_last"):
+        assert row[f"peak_{m}"] == c[m].max()
+        assert row[f"peak_step_{m}"] == c.index[c[m].to_numpy().argmax()]
+        assert row[f"drop_{m}"] == pytest.approx(c[m].max() - c.iloc[-1][m])
+        assert row[f"drop_{m}"] >= 0
+    assert pd.isna(pending["peak_ood_test_acc_last"]) and pd.isna(pending["drop_ood_test_acc"])
 
 
 def documented_names(start: str, end: str) -> list[str]:
@@ -127,12 +136,18 @@ def test_the_tables_have_the_columns_the_readme_documents(run_dir):
     assert sorted(metrics) == sorted(real_metrics)
     documented = documented_names("- `results/trials`:", "\n- `results/curves`")
     fixed = documented[:5]
-    examples = [n for n in documented[5:] if "{" not in n]
+    patterns = [n for n in documented[5:] if "{" in n]
+    peak_metrics = [n for n in documented[5:] if n.startswith("ood_test_")]  # "for m in `...` and `...`"
+    examples = [n for n in documented[5:] if "{" not in n and n not in peak_metrics]
     assert set(examples) <= set(VALID_KEYS), examples  # the config columns it names are config keys
     per_set = [m for m in metrics if m not in ("step", "lr", "tokens_seen", "wall_time")]
     trials = pq.read_schema(run_dir / "results" / "trials" / "part-0.parquet").names
     assert trials[:5] == fixed and trials[5:5 + len(VALID_KEYS)] == list(VALID_KEYS)
-    assert sorted(trials[5 + len(VALID_KEYS):]) == sorted(f"{t}_{m}" for t in ("final", "best") for m in per_set)
+    assert patterns == ["final_{m}", "best_{m}", "peak_{m}", "peak_step_{m}", "drop_{m}"]
+    assert sorted(trials[5 + len(VALID_KEYS):]) == sorted(
+        [f"{t}_{m}" for t in ("final", "best") for m in per_set]
+        + [f"{t}_{m}" for t in ("peak", "peak_step", "drop") for m in peak_metrics])
+    assert peak_metrics == ["ood_test_acc", "ood_test_acc_last"]
     curves = pq.read_schema(next((run_dir / "results" / "curves").glob("*.parquet"))).names
     assert documented_names("- `results/curves`:", "\n") == ["trial_id"] and curves == ["trial_id", *real_metrics]
 

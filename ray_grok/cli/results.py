@@ -20,9 +20,10 @@ def rule_options(command: Callable) -> Callable:
                      help="accuracy that decides 'fits': last position (n-1 shots) or mean over positions"),
         click.option("--threshold", type=float, default=DEFAULT_RULE.threshold, show_default=True,
                      help="a set fits when its accuracy >= this (chance is 1/p, about 0.034)"),
-        click.option("--time", type=click.Choice(["best", "final"]), default=DEFAULT_RULE.time,
+        click.option("--time", type=click.Choice(["auto", "best", "final"]), default=DEFAULT_RULE.time,
                      show_default=True,
-                     help="read accuracies at the early-stopping step (best) or at the end (final)"),
+                     help="read accuracies at the early-stopping step (best), at the end (final), or at "
+                          "the early-stopping step only where ood_test fits there, else at the end (auto)"),
     ]
     for option in reversed(options):
         command = option(command)

@@ -42,7 +42,7 @@ from ..trial.schema import (
 )
 from .cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
 from .plan import PlanEntry, read_plan
-from .schema import CONFIG_DEFAULTS, CURVES, CURVES_SCHEMA, RESULTS_DIR, TRIALS, TRIALS_SCHEMA
+from .schema import CONFIG_DEFAULTS, CURVES, CURVES_SCHEMA, PEAK_METRICS, RESULTS_DIR, TRIALS, TRIALS_SCHEMA
 
 BATCH_TRIALS = 256  # trials per chunk = one file of `curves` (51,200 rows at 200 evaluations)
 READ_THREADS = min(8, os.cpu_count() or 1)
@@ -221,6 +221,7 @@ def batch_tables(entries: tuple[PlanEntry, ...], trials: list[TrialFiles]) -> tu
         "steps_done": [int(t.status.get("step", 0)) for t in trials],
         "wall_time": walls,
         "best_step": [-1 if at is None else int(s) for at, s in zip(best_at, best_step)],
+        **peak_columns(metrics, counts),
     }
     arrays = []
     for f in TRIALS_SCHEMA:
@@ -237,6 +238,28 @@ def batch_tables(entries: tuple[PlanEntry, ...], trials: list[TrialFiles]) -> tu
                                          arrays[0])
     curves = metrics.add_column(0, CURVES_SCHEMA.field("trial_id"), ids.cast(pa.string()))
     return pa.Table.from_arrays(arrays, schema=TRIALS_SCHEMA), curves
+
+
+def peak_columns(metrics: pa.Table, counts: np.ndarray) -> dict[str, list]:
+    """peak_{m}, peak_step_{m} and drop_{m} (peak - final) per trial for every m of PEAK_METRICS;
+    None for a trial without evaluations or whose values are all NaN. The first step wins a tie."""
+    steps = metrics.column("step").to_numpy()
+    ends = np.cumsum(counts)
+    out: dict[str, list] = {}
+    for m in PEAK_METRICS:
+        values = metrics.column(m).to_numpy(zero_copy_only=False).astype(np.float64)
+        peak, at, drop = [], [], []
+        for lo, hi in zip((ends - counts).tolist(), ends.tolist()):
+            v = values[lo:hi]
+            if hi == lo or np.isnan(v).all():
+                peak.append(None), at.append(None), drop.append(None)
+                continue
+            i = int(np.nanargmax(v))
+            peak.append(float(v[i]))
+            at.append(int(steps[lo + i]))
+            drop.append(float(v[i] - v[-1]) if not np.isnan(v[-1]) else None)
+        out.update({f"peak_{m}": peak, f"peak_step_{m}": at, f"drop_{m}": drop})
+    return out
 
 
 def final_and_best(metrics: pa.Table, counts: np.ndarray, trials: list[TrialFiles]) -> tuple[list, list]:

@@ -327,3 +327,51 @@ def _training_panel(ax: Axes, curves: pd.DataFrame, group: pd.DataFrame, rule: P
     if ax.get_subplotspec().is_first_col():  # the y axis is shared along a row
         ax.set_ylabel(METRIC_LABEL[rule.metric])
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Transience: the o.o.d. test accuracy at its peak and at the end, per depth
+# ---------------------------------------------------------------------------------------------
+
+def transience_figure(trials: pd.DataFrame, rule: PhaseRule) -> Figure:
+    """Per depth, the o.o.d. test accuracy (the rule's metric) at its peak over training (solid,
+    `peak_*`) and at the end (dashed, `final_*`) against n_id, one colour per alpha, mean over the
+    finished seeds. The gap between the two lines is the decay that early stopping recovers (the
+    paper: deeper models generalize o.o.d. only transiently).
+    """
+    metric = f"ood_test_{rule.metric}"
+    done = classify_trials(trials, rule)
+    done = done[done["phase"].notna()].dropna(subset=[f"peak_{metric}"])
+    if done.empty:
+        raise PhaseError("no finished trial with an o.o.d. test curve: nothing to plot")
+    keys = done.assign(**{"model.depth": pd.to_numeric(done["model.depth"]).astype(int),
+                          "task.n_id": pd.to_numeric(done["task.n_id"]).astype(int),
+                          "task.alpha": pd.to_numeric(done["task.alpha"]).astype(float).round(6)})
+    means = keys.groupby(["model.depth", "task.alpha", "task.n_id"])[[f"peak_{metric}", f"final_{metric}"]].mean()
+    depths = sorted(set(keys["model.depth"]))
+    alphas = sorted(set(keys["task.alpha"]))
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(alphas)))
+    fig = _panel_figure(len(depths))
+    for ax, depth in zip(_panels(fig, len(depths)), depths):
+        for alpha, color in zip(alphas, colors):
+            if (depth, alpha) not in means.index.droplevel("task.n_id"):
+                continue
+            line = means.loc[(depth, alpha)]
+            x = np.log2(line.index.to_numpy(dtype=float))
+            ax.plot(x, line[f"peak_{metric}"], color=color, marker="o", linewidth=1.6)
+            ax.plot(x, line[f"final_{metric}"], color=color, marker="o", markerfacecolor="none",
+                    linestyle="--", linewidth=1.2)
+        n_ids = sorted(set(keys.loc[keys["model.depth"] == depth, "task.n_id"]))
+        ax.set_xticks(np.log2(n_ids), [str(n) for n in n_ids])
+        _reference_lines(ax, rule, 1.0 / float(keys["task.p"].iloc[0]))
+        ax.set_title(f"depth {depth}", fontsize=10)
+        ax.set_xlabel("n_id (pre-training tasks)")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(f"ood_test {METRIC_LABEL[rule.metric]}")
+    handles = [Line2D([], [], color=c, marker="o", label=f"alpha {a:g}") for a, c in zip(alphas, colors)] + [
+        Line2D([], [], color="black", linestyle="-", label="peak over training (peak_*)"),
+        Line2D([], [], color="black", linestyle="--", markerfacecolor="none", label="end of training (final_*)"),
+    ] + _reference_handles(rule)
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=9, frameon=False)
+    _titles(fig, "Transience: o.o.d. test accuracy at its peak and at the end (mean over seeds)", rule)
+    return fig

@@ -41,6 +41,7 @@ METRIC_TEXT = {
     "acc": "accuracy averaged over all positions",
 }
 TIME_TEXT = {
+    "auto": "at the early-stopping step if ood_test fits there, else at the end of training",
     "best": "at the early-stopping step (best checkpoint)",
     "final": "at the end of training",
 }
@@ -61,18 +62,23 @@ class Cell(NamedTuple):
 class PhaseRule:
     """How a trial's four accuracies become a phase.
 
-    time="best" reads all four sets at the early-stopping step (the evaluation where the checkpoint
-    monitor, by default ood_test_acc_last, peaked), not only the o.o.d. sets: a phase then describes
-    one model that exists as a checkpoint, and transient o.o.d. generalization (depth 4 and 6 in the
-    paper) is caught at its peak instead of after it has decayed.
+    Every time point reads all four sets of one evaluation, so a phase describes one model that
+    exists as a checkpoint. time="best" reads the early-stopping step (the evaluation where the
+    checkpoint monitor, by default ood_test_acc_last, peaked): transient o.o.d. generalization
+    (depth 4 and 6 in the paper) is caught at its peak instead of after it has decayed. But for a
+    run that never generalizes o.o.d. that peak is noise, the step is a random one, and the i.d.
+    sets read there can make a memorizing run "not fitted". time="auto" (the default) reads the
+    early-stopping step only when the o.o.d. test set fits there, and the end of training
+    otherwise; docs/laptop.md counts the cells each choice changes on a real sweep.
     """
 
     metric: Literal["acc_last", "acc"] = "acc_last"
     """acc_last: accuracy at the last z position (n_examples - 1 shots); acc: mean over all positions."""
     threshold: float = 0.5
     """A set "fits" when its accuracy >= threshold; chance is 1/p (about 0.034 for p = 29)."""
-    time: Literal["best", "final"] = "best"
-    """best: columns best_* (early-stopping step); final: columns final_* (last evaluation)."""
+    time: Literal["auto", "best", "final"] = "auto"
+    """best: columns best_* (early-stopping step); final: columns final_* (last evaluation);
+    auto: best_* where best_ood_test fits, final_* elsewhere."""
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_TEXT:
@@ -84,14 +90,28 @@ class PhaseRule:
             raise PhaseError(f"PhaseRule.threshold must be a number in (0, 1], got {t!r}")
         object.__setattr__(self, "threshold", float(t))  # an int 1 from the CLI or YAML is fine
 
-    def column(self, set_name: str) -> str:
-        """Trials-table column this rule reads for one evaluation set, e.g. best_ood_test_acc_last."""
-        return f"{self.time}_{set_name}_{self.metric}"
+    def columns_at(self, time: str) -> list[str]:
+        """Trials-table columns of the four sets at one time point, e.g. best_ood_test_acc_last."""
+        return [f"{time}_{s}_{self.metric}" for s in SETS]
 
     @property
-    def columns(self) -> dict[str, str]:
-        """{set: column} in SETS order."""
-        return {s: self.column(s) for s in SETS}
+    def needed_columns(self) -> list[str]:
+        """Every trials-table column the rule may read."""
+        times = ("best", "final") if self.time == "auto" else (self.time,)
+        return [c for t in times for c in self.columns_at(t)]
+
+    def read(self, trials: pd.DataFrame) -> np.ndarray:
+        """(N, 4) accuracies of the four sets (SETS order) that the rule classifies, per trial."""
+        _require_columns(trials, self.needed_columns, "the trials table")
+
+        def at(time: str) -> np.ndarray:
+            return trials[self.columns_at(time)].to_numpy(dtype=float, na_value=np.nan)
+
+        if self.time != "auto":
+            return at(self.time)
+        best, final = at("best"), at("final")
+        peak_fits = best[:, SETS.index("ood_test")] >= self.threshold
+        return np.where(peak_fits[:, None], best, final)
 
     def describe(self) -> str:
         """One line for figure subtitles and table headers."""
@@ -120,9 +140,8 @@ def classify_trials(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.D
     so every trial gets one phase. A trial is not classified when its status is not "done" (failed
     or still running: its numbers describe an unfinished run) or one of its four accuracies is NaN.
     """
-    cols = list(rule.columns.values())
-    _require_columns(trials, ["status", *cols], "the trials table")
-    acc = trials[cols].to_numpy(dtype=float, na_value=np.nan)  # (N, 4) in SETS order
+    _require_columns(trials, ["status"], "the trials table")
+    acc = rule.read(trials)  # (N, 4) in SETS order
     fits = acc >= rule.threshold  # >=: a run exactly at the threshold fits
     id_train, id_test, ood_train, ood_test = fits.T
     codes = np.select([~id_train, ood_test, ood_train, id_test], [0, 4, 3, 2], default=1)
@@ -204,9 +223,9 @@ def phase_table(
     counts = pd.get_dummies(classified["phase"]).astype(int).groupby(by_cell).sum()
     counts = counts.reindex(index=index, columns=list(PHASES), fill_value=0)
     n_trials = classified.groupby(by_cell).size().reindex(index, fill_value=0)
-    done = classified["phase"].notna()
-    acc = (classified.loc[done, list(rule.columns.values())]
-           .set_axis([f"acc_{s}" for s in SETS], axis=1)
+    done = classified["phase"].notna().to_numpy()
+    acc = (pd.DataFrame(rule.read(classified)[done], columns=[f"acc_{s}" for s in SETS],
+                        index=classified.index[done])
            .groupby([k[done] for k in by_cell]).mean()
            .reindex(index))
 

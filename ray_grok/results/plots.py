@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..errors import PhaseError
 from .figures import (
     accuracy_figure, cell_trials, chosen_cells, curve_columns, kshot_figure, phase_diagram_figure, training_figure,
+    transience_figure,
 )
 from .phases import Cell, PhaseRule, phase_table, read_results
 
@@ -42,6 +43,8 @@ def figures(
     depths = sorted(set(table["model.depth"]))
     out = {f"phases_depth{d}": phase_diagram_figure(table, rule, d) for d in depths}
     out["accuracy"] = accuracy_figure(table, rule)
+    if trials[f"peak_ood_test_{rule.metric}"].notna().any():
+        out["transience"] = transience_figure(trials, rule)
     if cells:
         out["kshot"] = kshot_figure(trials, rule, cells)
         out["training"] = training_figure(trials, curves, rule, cells)
@@ -56,7 +59,8 @@ def plot_all(
     fmt: Format = "png",
     cells: Sequence[Cell] | None = None,
 ) -> list[Path]:
-    """Write every figure to out_dir/{name}.{fmt} (phases_depth{d}, accuracy, kshot, training)."""
+    """Write every figure to out_dir/{name}.{fmt} (phases_depth{d}, accuracy, transience, kshot,
+    training)."""
     if fmt not in FORMATS:
         raise PhaseError(f"fmt must be one of {list(FORMATS)}, got {fmt!r}")
     out_dir = Path(out_dir)
