@@ -26,6 +26,7 @@ from ray_grok.results.phases import (
     missing_cells,
     phase_table,
     read_results,
+    time_point_changes,
 )
 from synthetic import (
     FIG1B_DEPTH6,
@@ -300,3 +301,21 @@ def test_read_results_single_file_and_missing(tmp_path):
     (tmp_path / "results").mkdir()
     trials_frame([trial()]).to_parquet(tmp_path / "results" / "trials")
     assert read_results(tmp_path, "trials", columns=["trial_id", "status"]).shape == (1, 2)
+
+
+def test_time_point_changes_lists_the_cells_another_time_point_moves(run_dir):
+    # The synthetic Fig. 1b sweep is transient: at the end its o.o.d. generalization has decayed,
+    # so `final` moves exactly the cells that `auto` (= best there) reads as ood generalization.
+    trials = read_results(run_dir, "trials")
+    auto = phase_table(trials, PhaseRule())
+    changes = time_point_changes(trials, PhaseRule())
+    og = auto[auto["phase"] == "ood generalization"]
+    final = changes[changes["time"] == "final"]
+    assert len(final) == len(og) > 0 and set(final["phase"]) == {"ood generalization"}
+    assert set(final["other_phase"]) == {"ood memorization"}
+    assert changes[changes["time"] == "best"].empty  # the synthetic best_* never mislabels memorizers
+    result = CliRunner().invoke(main, ["phases", str(run_dir), "--compare-times"])
+    assert result.exit_code == 0, result.output
+    assert f"--time final instead of auto: {len(og)} of 49 cells change phase" in result.output
+    assert "--time best instead of auto: 0 of 49 cells change phase" in result.output
+    assert "model.depth 6, task.n_id 512, task.alpha 0.8: OG -> OM" in result.output

@@ -7,7 +7,9 @@ from typing import Any, Callable
 import click
 
 from ..errors import PhaseError
-from ..results.phases import Cell, PhaseRule, format_phase_table, phase_table, read_results
+from ..results.phases import (
+    Cell, PhaseRule, format_phase_table, format_time_point_changes, phase_table, read_results, time_point_changes,
+)
 
 DEFAULT_RULE = PhaseRule()
 
@@ -61,8 +63,10 @@ class CellType(click.ParamType):
               help="also write the phase table (one row per cell, with counts and the rule) as CSV")
 @click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the phase table as Parquet")
+@click.option("--compare-times", is_flag=True,
+              help="also list the cells whose phase changes when the same rule reads another time point")
 def phases_cmd(run_dir: Path, metric: str, threshold: float, time: str,
-               csv_path: Path | None, parquet_path: Path | None) -> None:
+               csv_path: Path | None, parquet_path: Path | None, compare_times: bool) -> None:
     """Print the phase table of RUN_DIR per depth: rows alpha, columns n_id, the majority phase of
     each cell over its seeds ("OG 2/3" where 2 of 3 seeds agree), and the missing cells.
 
@@ -71,10 +75,14 @@ def phases_cmd(run_dir: Path, metric: str, threshold: float, time: str,
     \b
     Example:
       ray-grok phases runs/full --threshold 0.9 --time final --csv runs/full/phases.csv
+      ray-grok phases runs/laptop --compare-times
     """
     rule = _rule(metric, threshold, time)
-    table = phase_table(read_results(run_dir, "trials"), rule)
+    trials = read_results(run_dir, "trials")
+    table = phase_table(trials, rule)
     click.echo(format_phase_table(table, rule))
+    if compare_times:
+        click.echo("\n" + format_time_point_changes(time_point_changes(trials, rule), rule, len(table)))
     if csv_path is not None:
         table.to_csv(csv_path, index=False)
         click.echo(f"wrote {csv_path}")

@@ -242,6 +242,41 @@ def phase_table(
     return table.reset_index()
 
 
+def time_point_changes(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.DataFrame:
+    """The cells whose majority phase under `rule` differs from the same rule at another time point.
+
+    One row per (changed cell, other time point): the cell's key columns, `time` (the other time
+    point), `phase` (under `rule`) and `other_phase`. This is how a time point is judged on a real
+    sweep: the number of cells it moves, and which.
+    """
+    base = phase_table(trials, rule)
+    keys = list(base.columns[:base.columns.get_loc("phase")])  # the cell's key columns come first
+    changed = []
+    for time in TIME_TEXT:
+        if time == rule.time:
+            continue
+        other = phase_table(trials, PhaseRule(metric=rule.metric, threshold=rule.threshold, time=time))
+        moved = base["phase"].to_numpy() != other["phase"].to_numpy()  # same trials: same rows
+        changed.append(base.loc[moved, keys].assign(time=time, phase=base.loc[moved, "phase"],
+                                                    other_phase=other.loc[moved, "phase"]))
+    return pd.concat(changed, ignore_index=True)
+
+
+def format_time_point_changes(changes: pd.DataFrame, rule: PhaseRule, n_cells: int) -> str:
+    """Per other time point: how many of the n_cells cells change phase, and each change."""
+    lines = []
+    for time in TIME_TEXT:
+        if time == rule.time:
+            continue
+        rows = changes[changes["time"] == time]
+        lines.append(f"--time {time} instead of {rule.time}: {len(rows)} of {n_cells} cells change phase")
+        for r in rows.to_dict("records"):
+            where = ", ".join(f"{k} {r[k]:g}" if isinstance(r[k], float) else f"{k} {r[k]}"
+                              for k in changes.columns[:changes.columns.get_loc("time")])
+            lines.append(f"  {where}: {ABBREVIATIONS[r['phase']]} -> {ABBREVIATIONS[r['other_phase']]}")
+    return "\n".join(lines)
+
+
 def missing_cells(table: pd.DataFrame) -> int:
     """Cells of a phase table with no classified trial."""
     return int((table["phase"] == MISSING).sum())
