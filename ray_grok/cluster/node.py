@@ -122,8 +122,9 @@ class NodeRecord:
 
     def record(self, state: str = "running", **extra: Any) -> None:
         self.node.processes()
+        # rewritten every 2 s and informational: not worth an fsync each time on a shared file system
         write_json(self.path, {**self.info, "state": state, "updated": time.time(), **extra,
-                               "processes": [asdict(p) for p in self.node.recorded()]})
+                               "processes": [asdict(p) for p in self.node.recorded()]}, durable=False)
 
     def _loop(self) -> None:
         while not self._stop.wait(2.0):

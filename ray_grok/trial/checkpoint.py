@@ -1,17 +1,19 @@
 """Atomic checkpoints: 'latest' (everything to continue exactly) with one fallback, and 'best'.
 
-A checkpoint is written to a temp file, fsynced and renamed into place, so a kill never leaves a
-half-written file under a real name. The previous 'latest' is kept as 'previous': if 'latest' is
-truncated or corrupt anyway (a full disk, a copy gone wrong), loading falls back to it.
+A checkpoint is written to a temp file, fsynced and renamed into place, and the directory fsynced
+(ray_grok.io.atomic_path), so neither a kill nor a power cut leaves a half-written file under a
+real name. The previous 'latest' is kept as 'previous': if 'latest' is truncated or corrupt anyway
+(a disk fault, a copy gone wrong), loading falls back to it.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from ..io import atomic_path, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -19,41 +21,28 @@ LATEST, PREVIOUS, BEST = "latest.pt", "previous.pt", "best.pt"
 REQUIRED_KEYS = ("step", "model", "optimizer", "sampler", "rng", "config")
 
 
-def _write_synced(obj: Any, path: Path) -> Path:
-    """torch.save to PATH.tmp and fsync it; the caller renames it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    os.replace(_write_synced(obj, path), path)
-
-
 def save_latest(state: dict, ckpt_dir: Path) -> None:
     """Write `state` as latest; the old latest becomes previous."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     latest = ckpt_dir / LATEST
-    tmp = _write_synced(state, latest)
-    if latest.exists():
-        # previous becomes a second name of the old latest, so that latest.pt exists at every
-        # moment: renaming it away first left an instant where a kill found only previous.pt
-        link = ckpt_dir / (PREVIOUS + ".link")
-        link.unlink(missing_ok=True)
-        try:
-            os.link(latest, link)
-            os.replace(link, ckpt_dir / PREVIOUS)
-        except OSError:  # a file system without hard links: the plain rename
-            os.replace(latest, ckpt_dir / PREVIOUS)
-    os.replace(tmp, latest)
+    with atomic_path(latest) as tmp:  # fsynced, renamed in, the directory fsynced
+        torch.save(state, tmp)
+        if latest.exists():
+            # previous becomes a second name of the old latest, so that latest.pt exists at every
+            # moment: renaming it away first left an instant where a kill found only previous.pt
+            link = temp_name(ckpt_dir / PREVIOUS, "link")
+            try:
+                os.link(latest, link)
+                os.replace(link, ckpt_dir / PREVIOUS)
+            except OSError:  # a file system without hard links: the plain rename
+                link.unlink(missing_ok=True)
+                os.replace(latest, ckpt_dir / PREVIOUS)
 
 
 def save_best(state: dict, ckpt_dir: Path) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(state, ckpt_dir / BEST)
+    with atomic_path(ckpt_dir / BEST) as tmp:
+        torch.save(state, tmp)
 
 
 def _try_load(path: Path) -> dict | None:
