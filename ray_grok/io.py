@@ -1,4 +1,5 @@
-"""Small file helpers every layer uses: durable atomic writes, JSON, and durations as people read them.
+"""Small file helpers every layer uses: durable atomic writes, JSON, private directories, one-writer
+locks, and durations as people read them.
 
 Atomic writes. Every file ray-grok writes is written whole to a hidden temp file beside it,
 fsynced, renamed into place, and the directory fsynced, so a reader (or a resume after a kill or
@@ -6,17 +7,25 @@ a power cut) sees the old file or the new one, never half of one. The temp name 
 writer's process and thread: two writers of one file (the driver recording a failure in a
 trial's status.json while the trial's worker writes it, or two threads) never share a temp file,
 so neither renames the other's half-written one.
+
+Locks. `hold_lock` takes an OS-level lock (flock) on a file and keeps it while its block runs;
+the kernel drops it when the process dies, however it dies, so a crashed holder never blocks the
+next one. The holder writes who it is into the file, and a refused writer says so.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
+import socket
+import stat
 import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # ---------------------------------------------------------------------------------------------
 # Durable atomic writes
@@ -80,6 +89,106 @@ def read_json_or(path: str | Path, default: Any) -> Any:
         return read_json(path)
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return default
+
+
+# ---------------------------------------------------------------------------------------------
+# Private directories
+# ---------------------------------------------------------------------------------------------
+
+def private_dir(path: str | Path, error: type[Exception], what: str) -> Path:
+    """PATH as a directory only this user can enter (0700), created if missing (its parents as
+    the umask says). An existing one must be a real directory owned by this user; a looser mode
+    is tightened. A foreign owner, a symlink or a failed chmod raises ERROR: these directories
+    hold pickles that ray-grok loads, and a token."""
+    path = Path(path)
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be created: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise error(f"{what} {path} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a directory'}; "
+                    "it must be a real directory of yours")
+    if st.st_uid != os.getuid():
+        raise error(f"{what} {path} is owned by uid {st.st_uid} ({_user(st.st_uid)}), not by you "
+                    f"(uid {os.getuid()}): use a directory of your own")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise error(f"{what} {path} has mode {oct(stat.S_IMODE(st.st_mode))} and chmod 0700 failed "
+                        f"({exc.strerror}); it must be private (0700)") from None
+    return path
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return "unknown user"
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer at a time
+# ---------------------------------------------------------------------------------------------
+
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # the file system offers no flock
+
+
+def holder_record(role: str) -> dict[str, Any]:
+    """Who takes a lock: host, process, Slurm job (a requeued job keeps its id), when, as what."""
+    return {"role": role, "host": socket.gethostname(), "pid": os.getpid(),
+            "job_id": os.environ.get("SLURM_JOB_ID"), "restart": os.environ.get("SLURM_RESTART_COUNT"),
+            "since": time.time()}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """'ray-grok launch on host h1 (pid 123, Slurm job 456, since 2026-11-30 12:03:44)'."""
+    if not holder:
+        return "another process (its record is being written)"
+    job = f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if holder.get("since") else "?"
+    return f"ray-grok {holder.get('role', '?')} on host {holder.get('host', '?')} (pid {holder.get('pid', '?')}{job}, since {since})"
+
+
+def read_holder(path: str | Path) -> dict[str, Any]:
+    held = read_json_or(path, {})
+    return held if isinstance(held, dict) else {}
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | Path, role: str, busy: Callable[[dict[str, Any]], Exception],
+              wait_s: float = 0.0) -> Iterator[bool]:
+    """Hold an exclusive flock on PATH (created 0600) while the block runs; yields True. Refused
+    at once (or after wait_s) with busy(holder record) while another process holds it. Yields
+    False, holding nothing, where the file system has no locks (the caller falls back to what it
+    can check). The file descriptor is not inherited, so a child left running cannot keep it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline, supported = time.monotonic() + wait_s, True
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise busy(read_holder(path)) from None
+                time.sleep(0.2)
+            except OSError as exc:
+                if exc.errno not in NO_LOCKS:
+                    raise
+                supported = False
+                break
+        if supported:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder_record(role)) + "\n").encode(), 0)
+        yield supported
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------

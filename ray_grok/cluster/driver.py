@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ClusterError, DriverError
-from ..sweep.rundir import GRID_FILE, prepare, resolve
+from ..sweep.rundir import GRID_FILE, prepare, resolve, run_lock
 from .procs import ENV_MARK, spawn
 
 DRIVER_FILE, DRIVER_RESULT = "driver.pkl", "driver.result.pkl"
 POLL_S = 0.5
+# how long the job's driver waits for RUN_DIR's lock: the login node's `launch --cluster` holds it
+# until the job is recorded, which a job that starts at once (an idle cluster) may race
+LOCK_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,8 @@ def prepare_sweep(grid: str | Path, run_dir: str | Path) -> Path:
     `ray-grok launch --cluster` calls this on the login node before submitting; the sbatch path
     on task 0 before Ray starts. Returns the run directory."""
     plan = resolve(Path(grid), Path(run_dir), resume=False)
-    prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
+    with run_lock(plan.run_dir, "prepare", wait_s=LOCK_WAIT_S):
+        prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
     return plan.run_dir
 
 
@@ -187,7 +191,8 @@ def sweep_driver(cluster: RayCluster, grid: str | None = None) -> dict:
         raise ClusterError(f"{run_dir} holds no sweep: prepare it before the job starts (prepare_sweep)")
     if grid is not None:
         prepare_sweep(grid, run_dir)  # refuses a grid other than the stored one
-    outcome = launch(resolve(None, run_dir, resume=True), echo=lambda line: print(line, flush=True))
+    outcome = launch(resolve(None, run_dir, resume=True), echo=lambda line: print(line, flush=True),
+                     wait_s=LOCK_WAIT_S)
     return {"counts": outcome.counts, "complete": outcome.complete, "wall_time": outcome.wall_time}
 
 

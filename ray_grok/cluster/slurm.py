@@ -16,6 +16,7 @@ submitit's files and logs go to RUN_DIR/slurm/JOB/, next to the Ray rendezvous d
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .. import compat
 from ..errors import ProfileError, RunDirError, SubmitError
-from ..sweep.rundir import SLURM_DIR, SLURM_JOBS_FILE, Launch, prepare, slurm_jobs
+from ..sweep.rundir import SLURM_DIR, SLURM_JOBS_FILE, Launch, prepare, run_lock, slurm_jobs
 from ..sweep.status import sweep_status
 from .bootstrap import run_task
 from .driver import Driver, DriverProcess, checkpoint_budget_s, sweep_driver
@@ -147,30 +148,55 @@ class SlurmLaunch:
     logs: Path
 
 
-def _in_queue(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.returncode == 0 and bool(out.stdout.strip())
+SQUEUE_GONE = "Invalid job id specified"  # squeue's answer for a job Slurm no longer knows: it ended
+
+
+def in_queue(job_id: str, run_dir: Path) -> bool:
+    """Whether Slurm still has job JOB_ID queued or running. A squeue that cannot answer (no
+    controller, not installed, timed out) is not "no job": that refuses, saying why."""
+    def cannot(why: str) -> RunDirError:
+        return RunDirError(f"cannot tell whether job {job_id} of {run_dir} is still queued or running: {why}; "
+                           "a second job would train the same trials twice, so nothing was submitted: check "
+                           "Slurm (squeue) and launch again")
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                             timeout=60)
+    except FileNotFoundError:
+        raise cannot("squeue is not on PATH") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise cannot(f"squeue failed ({exc})") from None
+    if out.returncode == 0:
+        return bool(out.stdout.strip())
+    if SQUEUE_GONE in out.stderr:
+        return False
+    first = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[0]
+    raise cannot(f"squeue exited with code {out.returncode} ({first})")
 
 
 def launch_sweep(profile: SlurmProfile, plan: Launch) -> SlurmLaunch:
     """Create (or check) RUN_DIR on this login node, then submit one job that runs the sweep in it.
-    Refused while an earlier job of this run directory is still queued or running: two drivers
-    on one sweep would train the same trials twice."""
+    Refused while another process drives or submits RUN_DIR (its lock), and while an earlier job
+    of it is still queued or running: two drivers on one sweep would train the same trials twice."""
     executor(profile, plan.run_dir)  # sbatch and srun present, before anything is written
-    for rec in slurm_jobs(plan.run_dir):
-        if _in_queue(rec["job_id"]):
-            raise RunDirError(f"job {rec['job_id']} is still queued or running this sweep ({plan.run_dir}): "
-                              f"follow it with `ray-grok status {plan.run_dir}`, or `scancel {rec['job_id']}` "
-                              "and launch again")
-    prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
-    # the driver reads the grid stored in RUN_DIR, not GRID: the job may start on a node that
-    # does not see the login node's working directory
-    try:
-        job = submit(profile, plan.run_dir, sweep_driver)
-    except compat.submit_refused() as exc:  # sbatch refused: no controller, bad partition, ...
-        raise SubmitError(f"sbatch refused the job for {plan.run_dir} ({profile.source}): {str(exc).strip()}") from exc
-    with open(plan.run_dir / SLURM_JOBS_FILE, "a") as f:
-        f.write(json.dumps({"job_id": job.job_id, "profile": profile.source, "submitted": time.time()}) + "\n")
+    with run_lock(plan.run_dir, "submit"):
+        for rec in slurm_jobs(plan.run_dir):
+            if in_queue(rec["job_id"], plan.run_dir):
+                raise RunDirError(f"job {rec['job_id']} is still queued or running this sweep ({plan.run_dir}): "
+                                  f"follow it with `ray-grok status {plan.run_dir}`, or `scancel {rec['job_id']}` "
+                                  "and launch again")
+        prepare(plan.run_dir, plan.spec, plan.grid_text, plan.trials)
+        # the driver reads the grid stored in RUN_DIR, not GRID: the job may start on a node that
+        # does not see the login node's working directory
+        try:
+            job = submit(profile, plan.run_dir, sweep_driver)
+        except compat.submit_refused() as exc:  # sbatch refused: no controller, bad partition, ...
+            raise SubmitError(f"sbatch refused the job for {plan.run_dir} ({profile.source}): "
+                              f"{' '.join(str(exc).split())}") from exc
+        with open(plan.run_dir / SLURM_JOBS_FILE, "a") as f:
+            f.write(json.dumps({"job_id": job.job_id, "profile": profile.source, "submitted": time.time()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the record that refuses a second job must survive a crash
     return SlurmLaunch(job, plan.run_dir, job_logs(plan.run_dir, job))
 
 

@@ -32,7 +32,8 @@ from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, PENDING, RUNNING
 from .callbacks import sweep_callbacks
 from .rundir import (
-    TUNE_DIR, TUNE_EXPERIMENT, Launch, driver_alive, prepare, read_driver, read_plan, trial_states, write_driver,
+    TUNE_DIR, TUNE_EXPERIMENT, Launch, driver_alive, prepare, read_driver, read_plan, run_lock, trial_states,
+    write_driver,
 )
 from .session import concurrent_slots, ray_env, ray_session, scoped_env
 from .trainable import make_trainable
@@ -68,14 +69,31 @@ class SweepOutcome:
         return sum(self.counts.values()) - self.counts.get(DONE, 0) - self.errored
 
 
-def launch(launch: Launch, echo: Callable[[str], None] = print) -> SweepOutcome:
-    """Run (or continue) the sweep: every trial not yet done, then the results tables."""
+def launch(launch: Launch, echo: Callable[[str], None] = print, wait_s: float = 0.0) -> SweepOutcome:
+    """Run (or continue) the sweep: every trial not yet done, then the results tables. Refused at
+    once (or after wait_s) while another process drives RUN_DIR (rundir.run_lock)."""
+    with run_lock(launch.run_dir, "launch", wait_s=wait_s) as locked:
+        if not locked:
+            check_no_other_driver(launch.run_dir)
+        return _launch(launch, echo)
+
+
+def check_no_other_driver(run_dir: Path) -> None:
+    """Where the file system has no locks, the heartbeat in sweep.json decides: a driver that
+    wrote it recently is taken as alive, unless it was an earlier start of this same Slurm job
+    (a requeued job takes over from itself; its old start is gone)."""
+    driver = read_driver(run_dir)
+    same_job = bool(driver.get("job_id")) and driver.get("job_id") == os.environ.get("SLURM_JOB_ID")
+    if driver_alive(driver) and not same_job:
+        raise RunDirError(f"{run_dir} is being run by a driver on {driver.get('host')} (pid {driver.get('pid')}, "
+                          f"heartbeat {time.time() - driver.get('updated', 0):.0f} s ago; this file system has no "
+                          "locks, so the heartbeat decides); stop it first")
+
+
+def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     t0 = time.time()
     spec, run_dir = launch.spec, launch.run_dir
     driver = read_driver(run_dir)
-    if driver_alive(driver):
-        raise RunDirError(f"{run_dir} is being run by a driver on {driver.get('host')} (pid {driver.get('pid')}, "
-                          f"heartbeat {time.time() - driver.get('updated', 0):.0f} s ago); stop it first")
     check_tune_state(run_dir, driver)
     resumed = prepare(run_dir, spec, launch.grid_text, launch.trials)
     states = Counter(s.state for s in trial_states(run_dir))

@@ -12,23 +12,29 @@
       tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors)
       results/trials/part-0.parquet, results/curves/part-*.parquet   (`ray-grok aggregate`)
       slurm/jobs.jsonl   the Slurm jobs `launch --cluster` submitted; slurm/JOB/ their logs and Ray files
+      .lock              flock'ed by the one process that drives the sweep (or submits its job); it
+                         holds that process's host, pid and Slurm job
+
+The run directory is private (0700): Tune's state and submitit's job in it are pickles that are
+loaded. One process at a time drives it: `run_lock` is taken before anything else is written.
 
 Nothing here imports Ray: `status` and `aggregate` work from the files, anywhere they are visible.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from ..errors import GridError, RunDirError
-from ..io import atomic_write_text, read_json_or, write_json
+from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, read_json_or, write_json
 from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
 from ..trial.schema import CONFIG_FILE, FAILED, PENDING, RUNNING, STATUS_FILE
@@ -42,6 +48,7 @@ ATTEMPTS_FILE = "attempts.json"
 LOG_FILE = "train.log"
 SLURM_DIR = "slurm"  # SLURM_DIR/JOB: one Slurm job's logs and Ray files (cluster/task_env.py)
 SLURM_JOBS_FILE = f"{SLURM_DIR}/jobs.jsonl"  # one line per Slurm job submitted for the sweep
+LOCK_FILE = ".lock"  # flock'ed by the process driving the sweep (run_lock)
 HEARTBEAT_S = 10.0  # the driver rewrites sweep.json this often
 
 
@@ -92,10 +99,8 @@ def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedT
                 (run_dir / t.dir).mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / t.dir / CONFIG_FILE, t.config.to_dict())
         return True
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} exists and is not a ray-grok sweep directory (no {PLAN_FILE}); "
-                          "choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_not_foreign(run_dir)
+    private_dir(run_dir, RunDirError, "run directory")
     atomic_write_text(run_dir / GRID_FILE, grid_text)
     for t in trials:
         out = run_dir / t.dir
@@ -105,6 +110,16 @@ def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedT
     entries = tuple(PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps) for t in trials)
     write_json(plan_path, Plan(spec.name, entries, spec.run.max_failures).to_json())
     return False
+
+
+def check_not_foreign(run_dir: Path) -> None:
+    """Refuse a directory that holds files but no sweep (a typo in --out must not turn a home
+    directory into a run directory, nor tighten its mode)."""
+    if (run_dir / PLAN_FILE).exists() or not run_dir.is_dir():
+        return
+    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} exists and is not a ray-grok sweep directory (no {PLAN_FILE}); "
+                          "choose another --out")
 
 
 def check_same_grid(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -> None:
@@ -187,13 +202,37 @@ def record_failure(out: Path, error: str, steps: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# One driver per run directory
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, role: str, wait_s: float = 0.0) -> Iterator[bool]:
+    """Hold RUN_DIR's lock while the block runs: refused at once (or after wait_s) while another
+    process holds it, naming that process. The kernel drops the lock when its holder dies, so a
+    requeued Slurm job, or a launch after a crash, takes over at once, with no heartbeat to wait
+    out. Creates RUN_DIR (0700) first. Yields False where the file system has no locks (see
+    launch.check_no_other_driver for what is checked then)."""
+    check_not_foreign(run_dir)
+    private_dir(run_dir, RunDirError, "run directory")
+
+    def busy(holder: dict) -> RunDirError:
+        stop = (f"scancel {holder['job_id']}" if holder.get("job_id") else
+                f"stop pid {holder.get('pid', '?')} on {holder.get('host', '?')}")
+        return RunDirError(f"{run_dir} is in use by {describe_holder(holder)}: one driver per run directory; "
+                           f"wait for it to end, or {stop} and run this again")
+
+    with hold_lock(run_dir / LOCK_FILE, role, busy, wait_s=wait_s) as locked:
+        yield locked
+
+
+# ---------------------------------------------------------------------------------------------
 # The driver's heartbeat
 # ---------------------------------------------------------------------------------------------
 
 def write_driver(run_dir: Path, state: str, started: float, **extra: Any) -> None:
     write_json(run_dir / SWEEP_FILE, {"state": state, "host": socket.gethostname(), "pid": os.getpid(),
-                                      "started": started, "updated": time.time(),
-                                      "heartbeat_s": HEARTBEAT_S, **extra})
+                                      "job_id": os.environ.get("SLURM_JOB_ID"), "started": started,
+                                      "updated": time.time(), "heartbeat_s": HEARTBEAT_S, **extra})
 
 
 def read_driver(run_dir: Path) -> dict:

@@ -22,6 +22,8 @@ from ..trial.config import config_from_dict
 from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, SCALAR_EVAL_COLUMNS
 from .rundir import LOG_FILE, record_attempt, record_failure
 
+TRIAL_LOCK_WAIT_S = 30.0
+
 
 def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float) -> Callable[[dict], None]:
     """A Tune function trainable over configs {"trial_id": ...}. The run directory is bound here,
@@ -69,7 +71,8 @@ def run_one(out: Path, trial_id: str, cpus: float) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
         try:
-            run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True)
+            # a retried attempt may start while the worker of the one before still winds down
+            run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             echo(f"== attempt {attempt} failed:\n{traceback.format_exc()}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, NonFiniteLossError, TrialError
-from ..io import format_duration, read_json, write_json
+from ..io import describe_holder, format_duration, hold_lock, read_json, write_json
 from . import checkpoint as ckpt
 from .config import TrialConfig, config_from_dict
 from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
@@ -26,7 +26,9 @@ from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
-from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE
+from .schema import (
+    CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, LOCK_FILE, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE,
+)
 
 
 class Reporter(Protocol):
@@ -231,9 +233,24 @@ def run_trial(
     reporter: Reporter | None = None,
     echo: Callable[[str], None] = print,
     tensorboard: bool = True,
+    lock_wait_s: float = 0.0,
 ) -> TrialResult:
-    """Train one trial into `out`, resuming from its last checkpoint if it has one."""
+    """Train one trial into `out`, resuming from its last checkpoint if it has one. Refused at
+    once (or after lock_wait_s) while another process trains in `out`: two writers of one
+    trial's checkpoints and metrics would interleave their steps."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def busy(holder: dict) -> TrialError:
+        return TrialError(f"{out} is in use by {describe_holder(holder)}: one trainer per trial directory; "
+                          "wait for it to end or stop it, then run this again")
+
+    with hold_lock(out / LOCK_FILE, "train", busy, wait_s=lock_wait_s):
+        return _run_locked(cfg, out, reporter, echo, tensorboard)
+
+
+def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Callable[[str], None],
+                tensorboard: bool) -> TrialResult:
     status = read_status(out)
     if status and status["state"] == DONE and (out / CONFIG_FILE).exists():
         prepare_dir(cfg, out)  # still refuse a different config

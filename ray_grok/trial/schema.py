@@ -1,7 +1,7 @@
 """Names and types of a trial directory's files, shared by the trial, the sweep layer and the
 results tables (results/schema.py):
 
-  config.json, tasks.json, metrics.parquet, status.json, events.out.tfevents.*, checkpoints/
+  config.json, tasks.json, metrics.parquet, status.json, events.out.tfevents.*, checkpoints/, .lock
 
 metrics.parquet holds one row per evaluation: `step`; for each set, its loss, accuracy (mean over
 the z positions), last-position accuracy and accuracy by shot; `lr`, `tokens_seen`, `wall_time`.
@@ -16,6 +16,7 @@ TASKS_FILE = "tasks.json"
 METRICS_FILE = "metrics.parquet"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # flock'ed by the one process training in the directory (run_trial)
 
 # trial states written to status.json, and the state of a trial without one (it never started)
 RUNNING, DONE, FAILED = "running", "done", "failed"
