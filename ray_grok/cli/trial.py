@@ -24,7 +24,8 @@ def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_te
 
     Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
     """
-    from ..trial.run import run_trial, stored_config  # torch: only for this command
+    from ..trial.run import run_trial  # torch: only for this command
+    from ..trial.trialdir import stored_config
 
     stored = stored_config(out)
     cfg = load_config(config_file, overrides, base=stored.to_dict() if stored else None)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..io import atomic_path, temp_name
+from .schema import UNREADABLE
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +47,40 @@ def save_best(state: dict, ckpt_dir: Path) -> None:
         torch.save(state, tmp)
 
 
-def _try_load(path: Path) -> dict | None:
+def _try_load(path: Path, note: Callable[[str], None]) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "unusable"
-        log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(exc).__name__, exc)
+        note(f"checkpoint {path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})")
         return None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        log.warning("checkpoint %s lacks %s; trying the previous one", path, missing)
+        note(f"checkpoint {path} lacks {missing}")
         return None
     return state
 
 
-def load_latest(ckpt_dir: Path) -> dict | None:
-    """The newest readable 'latest' state (latest, else previous), or None if there is none."""
+def load_latest(ckpt_dir: Path, set_aside: bool = False, note: Callable[[str], None] | None = None) -> dict | None:
+    """The newest readable 'latest' state (latest, else previous), or None if there is none.
+
+    set_aside (for a resume): an unreadable file is renamed NAME.unreadable. Otherwise the next
+    save_latest would make the corrupt latest 'previous', over the only good checkpoint, and a
+    second fault would leave none; now previous stays the good one until a new latest exists."""
+    def say(message: str) -> None:
+        log.warning(message)
+        if note is not None:
+            note(message)
+
     for name in (LATEST, PREVIOUS):
         path = ckpt_dir / name
-        if path.exists():
-            state = _try_load(path)
-            if state is not None:
-                if name != LATEST:
-                    log.warning("resuming from %s (step %d)", path, state["step"])
-                return state
+        if not path.exists():
+            continue
+        state = _try_load(path, say)
+        if state is not None:
+            if name != LATEST:
+                say(f"resuming from {path} (step {state['step']})")
+            return state
+        if set_aside:
+            os.replace(path, path.with_name(path.name + UNREADABLE))
+            say(f"moved it to {path.name + UNREADABLE}; trying the checkpoint before it")
     return None

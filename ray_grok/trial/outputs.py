@@ -5,15 +5,16 @@ A NullBoard stands in for TensorBoard where none is wanted, so the trainer has n
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path
-from .schema import BY_SHOT_COLUMNS, METRICS_SCHEMA
+from .schema import BY_SHOT_COLUMNS, METRICS_SCHEMA, UNREADABLE
 
 # The by-shot lists are near-unique doubles: dictionary-encoding them (Arrow's default) saves no
 # space and makes every rewrite and every read by the aggregation slower (about 40% and 20%), and
@@ -27,11 +28,22 @@ METRICS_WRITE_OPTIONS = {
 class MetricsLog:
     """The rows of metrics.parquet (one per evaluation); the whole file is rewritten on each append."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, echo: Callable[[str], None] = print):
         self.path = path
         self.rows: list[dict] = []
-        if path.exists():
+        try:
             self.rows = pq.read_table(path).to_pylist()
+        except FileNotFoundError:
+            pass
+        except (OSError, pa.ArrowException) as exc:
+            # damaged outside ray-grok (its writes are atomic), e.g. zero-length after a disk
+            # fault: the evaluations in it cannot be rebuilt without their models, and failing
+            # here would fail every retry, so the file restarts from the checkpoint's step
+            aside = path.with_name(path.name + UNREADABLE)
+            os.replace(path, aside)
+            echo(f"{path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())}); moved it to "
+                 f"{aside.name}: the metrics restart at the step the trial resumes from, without the "
+                 "evaluations before it")
 
     def truncate_after(self, step: int) -> None:
         """Drop evaluations after `step` (a resume from a checkpoint at `step` redoes them)."""

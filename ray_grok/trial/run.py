@@ -17,18 +17,17 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, NonFiniteLossError, TrialError
-from ..io import describe_holder, format_duration, hold_lock, read_json, write_json
+from ..errors import ConfigError, NonFiniteLossError
+from ..io import format_duration, write_json
 from . import checkpoint as ckpt
-from .config import TrialConfig, config_from_dict
+from .config import TrialConfig
 from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
 from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
-from .schema import (
-    CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, LOCK_FILE, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE,
-)
+from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE
+from .trialdir import prepare_dir, read_status, trial_lock
 
 
 class Reporter(Protocol):
@@ -196,34 +195,6 @@ def is_better(value: float, best: float, monitor: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The trial directory
-# ---------------------------------------------------------------------------------------------
-
-def prepare_dir(cfg: TrialConfig, out: Path) -> None:
-    """Create DIR with config.json, or check that an existing DIR holds this same experiment."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / CONFIG_FILE
-    if cfg_path.exists():
-        stored = config_from_dict(read_json(cfg_path))
-        if stored.config_hash() != cfg.config_hash():
-            diff = [f"{k}: {v!r} -> {cfg.flat()[k]!r}" for k, v in stored.flat().items()
-                    if not k.startswith("runtime.") and cfg.flat()[k] != v]
-            raise TrialError(f"{out} holds a trial with a different config ({'; '.join(diff)}); "
-                             "use another --out or the stored config")
-    write_json(cfg_path, cfg.to_dict())
-
-
-def read_status(out: Path) -> dict | None:
-    path = out / STATUS_FILE
-    return read_json(path) if path.exists() else None
-
-
-def stored_config(out: Path) -> TrialConfig | None:
-    path = out / CONFIG_FILE
-    return config_from_dict(read_json(path)) if path.exists() else None
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -239,20 +210,14 @@ def run_trial(
     once (or after lock_wait_s) while another process trains in `out`: two writers of one
     trial's checkpoints and metrics would interleave their steps."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def busy(holder: dict) -> TrialError:
-        return TrialError(f"{out} is in use by {describe_holder(holder)}: one trainer per trial directory; "
-                          "wait for it to end or stop it, then run this again")
-
-    with hold_lock(out / LOCK_FILE, "train", busy, wait_s=lock_wait_s):
+    with trial_lock(out, wait_s=lock_wait_s):
         return _run_locked(cfg, out, reporter, echo, tensorboard)
 
 
 def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Callable[[str], None],
                 tensorboard: bool) -> TrialResult:
     status = read_status(out)
-    if status and status["state"] == DONE and (out / CONFIG_FILE).exists():
+    if status and status.get("state") == DONE and (out / CONFIG_FILE).exists():
         prepare_dir(cfg, out)  # still refuse a different config
         echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
         return TrialResult(status["step"], status.get("best_step", -1),
@@ -261,10 +226,10 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     parts = build_parts(cfg)
     write_json(out / TASKS_FILE, parts.sets.to_json())
     ckpt_dir = out / CHECKPOINT_DIR
-    metrics = MetricsLog(out / METRICS_FILE)
+    metrics = MetricsLog(out / METRICS_FILE, echo=echo)
 
     progress = Progress()
-    state = ckpt.load_latest(ckpt_dir)
+    state = ckpt.load_latest(ckpt_dir, set_aside=True, note=echo)
     if state is not None:
         progress = restore(parts, state)
         echo(f"resuming {out} from step {progress.step}")

@@ -17,6 +17,7 @@ METRICS_FILE = "metrics.parquet"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"  # flock'ed by the one process training in the directory (run_trial)
+UNREADABLE = ".unreadable"  # suffix of a file set aside because it could not be read (a disk fault)
 
 # trial states written to status.json, and the state of a trial without one (it never started)
 RUNNING, DONE, FAILED = "running", "done", "failed"
