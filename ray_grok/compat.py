@@ -32,6 +32,9 @@ from .errors import CompatError
 # ---------------------------------------------------------------------------------------------
 
 TESTED = {"ray": "2.60", "submitit": "1.5"}  # the major.minor series ray-grok was tested with
+# Below this no Ray runs, even with RAY_GROK_UNTESTED_OK: token authentication of every gRPC and
+# HTTP port exists from Ray 2.52, per-node temp dirs (--temp-dir on a worker node) from 2.55.
+MIN_RAY = (2, 55)
 PRIVATE = {
     "ray": "ray._raylet (Config, AuthenticationTokenLoader, GcsClient), Tuner._local_tuner, "
            "ray.init(_temp_dir=...), `python -m ray.scripts.scripts start`, Tune's state files",
@@ -46,6 +49,10 @@ def require(package: str) -> Any:
     """Import PACKAGE (ray or submitit), refusing a version outside its tested series."""
     module = importlib.import_module(package)
     version = getattr(module, "__version__", "?")
+    if package == "ray" and _major_minor(version) < MIN_RAY:
+        floor = ".".join(map(str, MIN_RAY))
+        raise CompatError(f"ray-grok needs Ray >= {floor} (token authentication from 2.52, per-node temp dirs "
+                          f"from 2.55), and this is Ray {version}: pip install 'ray[tune]=={TESTED['ray']}.*'")
     if ".".join(version.split(".")[:2]) != TESTED[package]:
         from . import __version__
 
@@ -56,6 +63,15 @@ def require(package: str) -> Any:
                               f"or set {UNTESTED_OK}=1 to try this one and run the test suite")
         warnings.warn(f"{message}; trying it anyway ({UNTESTED_OK} is set)", stacklevel=2)
     return module
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    """(2, 60) for '2.60.0'; (0, 0) for a version that does not start with two numbers."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
 
 
 # ---- Ray ----

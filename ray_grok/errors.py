@@ -75,4 +75,10 @@ class SubmitError(ClusterError):
 
 
 class CompatError(RayGrokError):
-    """An installed Ray or submitit is a version whose private APIs ray-grok was not tested with."""
+    """An installed Ray or submitit is a version whose private APIs ray-grok was not tested with,
+    or a Ray below the security floor (compat.MIN_RAY)."""
+
+
+class PrivateDirError(RayGrokError):
+    """A directory ray-grok trusts (run, job, rendezvous or Ray temp directory: they hold pickles
+    that are loaded, tokens, sockets) is a symlink, another user's, or cannot be made private."""

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import PrivateDirError
+
 # ---------------------------------------------------------------------------------------------
 # Durable atomic writes
 # ---------------------------------------------------------------------------------------------
@@ -95,11 +97,12 @@ def read_json_or(path: str | Path, default: Any) -> Any:
 # Private directories
 # ---------------------------------------------------------------------------------------------
 
-def private_dir(path: str | Path, error: type[Exception], what: str) -> Path:
+def private_dir(path: str | Path, what: str) -> Path:
     """PATH as a directory only this user can enter (0700), created if missing (its parents as
     the umask says). An existing one must be a real directory owned by this user; a looser mode
-    is tightened. A foreign owner, a symlink or a failed chmod raises ERROR: these directories
-    hold pickles that ray-grok loads, and a token."""
+    is tightened. A foreign owner, a symlink or a failed chmod is a PrivateDirError: these
+    directories hold pickles that ray-grok loads, tokens and sockets."""
+    error = PrivateDirError
     path = Path(path)
     with contextlib.suppress(FileExistsError):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,13 +44,14 @@ def test_an_untested_version_is_refused_naming_it_unless_allowed(fresh_require, 
 
 
 def test_ray_temp_dirs_fit_the_socket_path_limit(monkeypatch):
-    at_limit = "/tmp/" + "x" * (compat.MAX_RAY_TEMP_DIR - 5)
-    assert len(at_limit + compat.RAY_SOCKET_SUFFIX) == compat.AF_UNIX_PATH_MAX
+    # Ray's temp dir is RAY_GROK_TEMP_DIR/ray (the private directory around it: test_security.py)
+    at_limit = "/tmp/" + "x" * (compat.MAX_RAY_TEMP_DIR - len("/ray") - 5)
+    assert len(at_limit + "/ray" + compat.RAY_SOCKET_SUFFIX) == compat.AF_UNIX_PATH_MAX
     monkeypatch.setenv("RAY_GROK_TEMP_DIR", at_limit)
-    assert ray_temp_dir() == at_limit
+    assert ray_temp_dir() == at_limit + "/ray"
     monkeypatch.setenv("RAY_GROK_TEMP_DIR", at_limit + "x")
-    with pytest.raises(ConfigError, match=f"is {compat.MAX_RAY_TEMP_DIR + 1} characters; .* at most "
-                                          f"{compat.MAX_RAY_TEMP_DIR}"):
+    with pytest.raises(ConfigError, match=f"at most {compat.MAX_RAY_TEMP_DIR - 4} characters .*"
+                                          f"\\({compat.MAX_RAY_TEMP_DIR - 3} characters\\)"):
         ray_temp_dir()
 
 

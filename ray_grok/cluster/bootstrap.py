@@ -17,8 +17,9 @@ What makes it safe on a shared cluster node (the module that does each part in b
   node and object managers, metrics, worker range) chosen from the job id and the task's rank on
   the node (task_env), so two jobs, or two tasks of one job, on a node do not collide; a block
   whose ports are taken is skipped.
-- A short temp dir per job and task (layout: /tmp/rgUID-JOB-RANK): Ray's socket paths under it
-  must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR).
+- A short temp dir per job and task (layout: /tmp/rgUID/JOB-RANK, in a directory only the user
+  can enter, since Ray makes its temp dir world-writable): Ray's socket paths under it must fit the
+  AF_UNIX limit (compat.MAX_RAY_TEMP_DIR).
 - The object store is capped (node; Ray's default is 30% of RAM in /dev/shm), --num-cpus and
   --num-gpus come from the allocation (layout: the node's GPUs are split between its tasks).
 - Token authentication: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH are set explicitly for every
@@ -54,7 +55,7 @@ from typing import Any, Iterator
 
 from .. import compat
 from ..errors import ClusterError
-from ..io import read_json, write_json
+from ..io import private_dir, read_json, write_json
 from .driver import Driver, DriverProcess, RayCluster
 from .layout import NodeLayout, choose_layout, node_ip, task_cpus, task_gpus
 from .node import NodeRecord, RayNode, ray_env, ray_start_args
@@ -85,11 +86,7 @@ def run_task(driver: Driver | None, *, run_dir: Path, ray: RaySettings, env: Tas
     env = env or TaskEnv.current()
     child = child or DriverProcess()
     run_dir = Path(run_dir).resolve()
-    rdir = rendezvous_dir(run_dir, env.job_id, env.restart)
-    if env.rank == 0:  # the others only read it, once head.json is there
-        rdir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            rdir.chmod(0o700)
+    rdir = task_dirs(run_dir, env)
     become_subreaper()
     with _signals(env, requeue_max, checkpoint_s, child):
         if env.rank == 0:
@@ -98,6 +95,15 @@ def run_task(driver: Driver | None, *, run_dir: Path, ray: RaySettings, env: Tas
             return _run_head(env, driver, child, run_dir, rdir, ray)
         _run_worker(env, rdir, ray)
         return None
+
+
+def task_dirs(run_dir: Path, env: TaskEnv) -> Path:
+    """The job's directory and this start's rendezvous directory, created private (0700). Every
+    task trusts what it finds there (the head's address, the token, the driver's pickle), so one
+    that is a symlink, another user's, or cannot be made private stops the task."""
+    rdir = rendezvous_dir(run_dir, env.job_id, env.restart)
+    private_dir(rdir.parent, "job directory")
+    return private_dir(rdir, "rendezvous directory")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,12 +345,16 @@ def _shield() -> None:
 
 
 def _clean_leftovers(env: TaskEnv, layout: NodeLayout) -> None:
-    """Ray processes of an earlier start of this job on this node (killed too hard to clean up)."""
+    """Ray processes and the temp dir of an earlier start of this job on this node (killed too
+    hard to clean up); then a fresh temp dir in the user's private temp root. One that is a
+    symlink or another user's is refused, never followed or removed: Ray puts its sockets there."""
     stale = marked_processes(env.marker)
     if stale:
         _say(env, f"stopping {len(stale)} Ray processes left by an earlier start of this job")
         stop_processes(stale, grace_s=2.0)
-    shutil.rmtree(layout.temp_dir, ignore_errors=True)
+    private_dir(os.path.dirname(layout.temp_dir), "Ray temp root")  # Ray will make the task's dir 0777
+    shutil.rmtree(private_dir(layout.temp_dir, "Ray temp dir"))
+    private_dir(layout.temp_dir, "Ray temp dir")
 
 
 def _finish(env: TaskEnv, node: RayNode, layout: NodeLayout, record: NodeRecord | None, ray: RaySettings,

@@ -6,8 +6,8 @@ the node and the profile's `ray` settings, plus a few probes of the host (free p
   object managers, metrics, worker range) chosen from the job id and the task's rank on the node,
   so two jobs, or two tasks of one job, on a node do not collide; a block whose ports are taken is
   skipped.
-- A short temp dir per job and task (/tmp/rgUID-JOB-RANK): Ray's socket paths under it must fit
-  the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR).
+- A short temp dir per job and task (/tmp/rgUID/JOB-RANK, in a directory only the user can
+  enter): Ray's socket paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR).
 - --num-cpus and --num-gpus come from the allocation (the node's GPUs are split between its tasks).
 """
 from __future__ import annotations

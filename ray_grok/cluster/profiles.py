@@ -31,8 +31,10 @@ from ..trial.fields import Checked, coerce, describe, doc, internal
 
 # Each task's Ray temp dir is ray.temp_root + TASK_TEMP_DIR (cluster/layout.py), and Ray's socket
 # paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR). With a 6-digit uid, an
-# array job's id and a 2-digit rank that leaves temp_root 16 characters.
-TASK_TEMP_DIR = "/rg{uid}-{job_id}-{rank}"
+# array job's id and a 2-digit rank that leaves temp_root 16 characters. It sits in a directory of
+# the user's (rgUID, 0700): Ray makes its own temp dir world-writable (0777), sockets included, and
+# only a private parent keeps other users of the node out of it.
+TASK_TEMP_DIR = "/rg{uid}/{job_id}-{rank}"
 MAX_TEMP_ROOT_CHARS = compat.MAX_RAY_TEMP_DIR - len(TASK_TEMP_DIR.format(uid=123456, job_id="123456789_1234", rank=15))
 PORT_CEILING = 32768  # Linux hands out ephemeral ports from 32768 up: stay below them
 FIXED_PORTS = 16  # per Ray node: GCS, client server, dashboard, agents, node/object manager, ...

@@ -30,6 +30,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .. import compat
 from ..errors import ProfileError, RunDirError, SubmitError
+from ..io import private_dir
 from ..sweep.rundir import SLURM_DIR, SLURM_JOBS_FILE, Launch, prepare, run_lock, slurm_jobs
 from ..sweep.status import sweep_status
 from .bootstrap import run_task
@@ -121,9 +122,13 @@ def submit(profile: SlurmProfile, run_dir: Path, driver: Driver) -> submitit.Job
     `driver` runs on task 0 against the job's Ray cluster; it must be picklable (a module-level
     function, or functools.partial of one)."""
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # submitit pickles the job (and every task loads it) under RUN_DIR/slurm: private, like RUN_DIR
+    private_dir(run_dir, "run directory")
+    private_dir(run_dir / SLURM_DIR, "Slurm directory")
     job = RayClusterJob(run_dir, profile.ray, driver, checkpoint_s=checkpoint_budget_s(profile))
-    return executor(profile, run_dir).submit(job)
+    submitted = executor(profile, run_dir).submit(job)
+    private_dir(job_dir(run_dir, submitted.job_id), "job directory")
+    return submitted
 
 
 def job_logs(run_dir: Path, job: submitit.Job) -> Path:

@@ -100,7 +100,7 @@ def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedT
                 write_json(run_dir / t.dir / CONFIG_FILE, t.config.to_dict())
         return True
     check_not_foreign(run_dir)
-    private_dir(run_dir, RunDirError, "run directory")
+    private_dir(run_dir, "run directory")
     atomic_write_text(run_dir / GRID_FILE, grid_text)
     for t in trials:
         out = run_dir / t.dir
@@ -213,7 +213,7 @@ def run_lock(run_dir: Path, role: str, wait_s: float = 0.0) -> Iterator[bool]:
     out. Creates RUN_DIR (0700) first. Yields False where the file system has no locks (see
     launch.check_no_other_driver for what is checked then)."""
     check_not_foreign(run_dir)
-    private_dir(run_dir, RunDirError, "run directory")
+    private_dir(run_dir, "run directory")
 
     def busy(holder: dict) -> RunDirError:
         stop = (f"scancel {holder['job_id']}" if holder.get("job_id") else

@@ -11,15 +11,30 @@ from typing import Iterator
 
 from .. import compat
 from ..errors import ConfigError
+from ..io import private_dir
 from .grid import GridSpec
 
 
+RAY_SUBDIR = "/ray"  # Ray's temp dir inside ray-grok's private one
+
+
 def ray_temp_dir() -> str:
-    """Short (Ray's socket paths under it must fit AF_UNIX's limit) and per user (not /tmp/ray)."""
-    path = os.environ.get("RAY_GROK_TEMP_DIR") or f"/tmp/rg-{os.getuid()}"
-    if len(path) > compat.MAX_RAY_TEMP_DIR:
-        raise ConfigError(f"RAY_GROK_TEMP_DIR={path!r} is {len(path)} characters; Ray's socket paths need it "
-                          f"at most {compat.MAX_RAY_TEMP_DIR}")
+    """Ray's temp dir: short (Ray's socket paths under it must fit AF_UNIX's limit), per user
+    (not /tmp/ray), and inside a directory only the user can enter (private_temp_dir)."""
+    root = (os.environ.get("RAY_GROK_TEMP_DIR") or f"/tmp/rg-{os.getuid()}").rstrip("/")
+    most = compat.MAX_RAY_TEMP_DIR - len(RAY_SUBDIR)
+    if len(root) > most or not os.path.isabs(root):
+        raise ConfigError(f"RAY_GROK_TEMP_DIR must be an absolute path of at most {most} characters (Ray's socket "
+                          f"paths under it must fit AF_UNIX's limit), got {root!r} ({len(root)} characters)")
+    return root + RAY_SUBDIR
+
+
+def private_temp_dir() -> str:
+    """ray_temp_dir() in a directory of the user's, 0700. Ray makes its own temp dir world-writable
+    (0777), sockets included, so only a private parent keeps other users out; another user's
+    directory (or a symlink) planted at that well-known path is refused."""
+    path = ray_temp_dir()
+    private_dir(os.path.dirname(path), "Ray temp dir")
     return path
 
 
@@ -52,6 +67,8 @@ def ray_env(spec: GridSpec) -> dict[str, str]:
         # a failing trial's traceback goes to its train.log and Tune's error.txt; the console gets
         # one line per failure from the FailureRecorder, not a screen of traceback per attempt
         "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+        # nothing of a sweep leaves the machine or cluster
+        "RAY_USAGE_STATS_ENABLED": "0",
     }
     if "RAY_AUTH_MODE" not in os.environ:
         if os.environ.get("RAY_ADDRESS"):
@@ -80,8 +97,10 @@ def ray_session(spec: GridSpec) -> Iterator[bool]:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         num_cpus = os.environ.get("RAY_GROK_NUM_CPUS")
+        if num_cpus and not (num_cpus.isascii() and num_cpus.isdigit() and 0 < int(num_cpus) <= 100_000):
+            raise ConfigError(f"RAY_GROK_NUM_CPUS must be a whole number of CPUs from 1 to 100000, got {num_cpus!r}")
         compat.init_local(
-            ray_temp_dir(),
+            private_temp_dir(),
             num_cpus=int(num_cpus) if num_cpus else None,
             include_dashboard=False,  # no web server at all (it would listen on a port)
             object_store_memory=spec.run.object_store_mb * 2**20,  # the default is 30% of RAM in /dev/shm
