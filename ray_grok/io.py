@@ -1,5 +1,5 @@
-"""Small file helpers every layer uses: durable atomic writes, JSON, private directories, one-writer
-locks, and durations as people read them.
+"""Small file helpers every layer uses: durable atomic writes, JSON, YAML that refuses a key given
+twice, private directories, one-writer locks, and durations as people read them.
 
 Atomic writes. Every file ray-grok writes is written whole to a hidden temp file beside it,
 fsynced, renamed into place, and the directory fsynced, so a reader (or a resume after a kill or
@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import yaml
 
 from .errors import PrivateDirError
 
@@ -94,6 +96,41 @@ def read_json_or(path: str | Path, default: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# YAML: every key once
+# ---------------------------------------------------------------------------------------------
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML file gives one key twice (YAML keeps the last one silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: `alpha: 0.5` then
+    `alpha: 0.7` is a typo or a merge gone wrong, and which one wins would be a guess."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(None, None, f"key {key!r} is given twice (lines {seen[key]} and {line}); "
+                                        "give each key once", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def yaml_error_line(exc: Exception) -> str:
+    """A YAML error as one line: 'key 'alpha' is given twice (lines 2 and 3); ... (line 3, column 1)'."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if isinstance(exc, DuplicateKeyError):
+        where = ""  # the problem names both lines
+    return " ".join(f"{problem}{where}".split())
+
+
+# ---------------------------------------------------------------------------------------------
 # Private directories
 # ---------------------------------------------------------------------------------------------
 
@@ -124,6 +161,16 @@ def private_dir(path: str | Path, what: str) -> Path:
             raise error(f"{what} {path} has mode {oct(stat.S_IMODE(st.st_mode))} and chmod 0700 failed "
                         f"({exc.strerror}); it must be private (0700)") from None
     return path
+
+
+# a run or trial directory there would put ray-grok's files (pickles, tokens) among the system's
+SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "usr"}
+
+
+def system_dir(path: str | Path) -> bool:
+    """/ itself, or a path in one of the system's directories (/etc, /usr, ...)."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    return parts[1] == "" or parts[1] in SYSTEM_DIRS
 
 
 def _user(uid: int) -> str:

@@ -180,7 +180,7 @@ INVALID = [
     ("trial rule: alpha", with_("axes/task.alpha", [0.5, 1.5]), ["task.alpha must be in (0, 1), got 1.5"]),
     ("trial rule: batch", with_("base/train/batch_size", 20), ["train.batch_size", "20"]),
     ("base and axes", with_("base/model/depth", 2), ["model.depth is both in base"]),
-    ("no seeds", with_("seeds", 0), ["seeds must be >= 1"]),
+    ("no seeds", with_("seeds", 0), ["seeds must be a count from 1", "got 0"]),
     ("seeds and seed axis", with_("axes/seed", [0, 1]), ["seed is an axis and seeds is set"]),
     ("unknown resource", with_("resources/gpus", 1), ["resources.gpus", "gpu (default"]),
     ("fractional GPUs above one", with_("resources/gpu", 1.5), ["resources.gpu", "1.5"]),

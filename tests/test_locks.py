@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -184,8 +185,14 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@pytest.fixture
+def ray_temp():
+    yield
+    shutil.rmtree(RAY_ENV["RAY_GROK_TEMP_DIR"], ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_two_launches_a_second_apart_one_runs_the_other_is_refused_at_once(tmp_path):
+def test_two_launches_a_second_apart_one_runs_the_other_is_refused_at_once(tmp_path, ray_temp):
     grid = write_grid(tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ray_grok.cli", "launch", str(grid), "--out", str(out)]

@@ -257,7 +257,7 @@ def assert_no_open_door(pids: list[int], token: str) -> None:
 
 
 @pytest.mark.slow
-def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch, tmp_path):
+def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch, request):
     from ray_grok.sweep.grid import grid_from_dict
     from ray_grok.sweep.session import ray_env, ray_session, scoped_env
 
@@ -266,6 +266,7 @@ def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch,
     monkeypatch.setenv("RAY_GROK_TEMP_DIR", f"/tmp/rgsec-{os.getpid()}")
     spec = grid_from_dict({"name": "sec", "base": {"runtime": {"device": "cpu"}}, "run": {"object_store_mb": 100}})
     root = Path(f"/tmp/rgsec-{os.getpid()}")
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
     with scoped_env(ray_env(spec)), ray_session(spec):
         import ray
 
@@ -282,7 +283,6 @@ def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch,
         # this process is the driver: its environment as Ray reads it (/proc shows the one it started with)
         assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
         assert not [s for s in listeners([os.getpid()]) if not s.loopback and not refuses_without_token(s)[0]]
-    shutil.rmtree(root, ignore_errors=True)
 
 
 HEAD = """

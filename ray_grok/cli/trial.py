@@ -24,11 +24,12 @@ def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_te
 
     Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
     """
-    from ..trial.run import run_trial  # torch: only for this command
     from ..trial.trialdir import stored_config
 
     stored = stored_config(out)
     cfg = load_config(config_file, overrides, base=stored.to_dict() if stored else None)
+    from ..trial.run import run_trial  # torch (a second or more): only once the config is known to be good
+
     run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
 
 

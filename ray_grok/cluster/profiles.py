@@ -16,6 +16,7 @@ Nothing here imports Ray or submitit.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import yaml
 from .. import compat
 from ..errors import ConfigError, ProfileError
 from ..sweep.rundir import Launch, resolve
-from ..trial.fields import Checked, coerce, describe, doc, internal
+from ..io import UniqueKeyLoader, system_dir, yaml_error_line
+from ..trial.fields import CONTROL, Checked, coerce, describe, doc, internal
 
 # Each task's Ray temp dir is ray.temp_root + TASK_TEMP_DIR (cluster/layout.py), and Ray's socket
 # paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR). With a 6-digit uid, an
@@ -38,12 +40,21 @@ TASK_TEMP_DIR = "/rg{uid}/{job_id}-{rank}"
 MAX_TEMP_ROOT_CHARS = compat.MAX_RAY_TEMP_DIR - len(TASK_TEMP_DIR.format(uid=123456, job_id="123456789_1234", rank=15))
 PORT_CEILING = 32768  # Linux hands out ephemeral ports from 32768 up: stay below them
 FIXED_PORTS = 16  # per Ray node: GCS, client server, dashboard, agents, node/object manager, ...
-MEM_RE = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
+MEM_RE = re.compile(r"[0-9]+[KMGT]?B?", re.IGNORECASE)  # fullmatch: '$' would let a trailing newline in
 # sbatch options the profile sets itself: give them as profile keys, not in sbatch_extra
-MANAGED_SBATCH = {
-    "partition", "account", "qos", "nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "gpus-per-node",
-    "mem", "time", "signal", "output", "error", "job-name", "open-mode", "requeue",
+LOGS = "ray-grok sets the job's logs itself (RUN_DIR/slurm/JOB)"
+REQUEUE = "ray-grok always sets --requeue (the job requeues itself at its time limit, up to max_requeues)"
+MANAGED_SBATCH = {  # option -> how to set it instead
+    "partition": "partition", "account": "account", "qos": "qos", "nodes": "nodes",
+    "ntasks-per-node": "tasks_per_node", "ntasks": "tasks_per_node", "cpus-per-task": "cpus_per_task",
+    "gpus-per-node": "gpus_per_node", "mem": "mem", "time": "time", "job-name": "job_name",
+    "signal": "signal_delay_s", "output": LOGS, "error": LOGS, "open-mode": LOGS, "requeue": REQUEUE,
+    "no-requeue": REQUEUE,  # would undo --requeue
 }
+# sbatch reads any unambiguous prefix of a long option as the option (--part=gpu is --partition):
+# such a prefix of a managed option is refused too, except the real options that are one
+REAL_PREFIX_OPTIONS = {"gpus"}  # --gpus (total GPUs), not --gpus-per-node
+OPTION_RE = re.compile(r"[a-z][a-z0-9-]*")  # sbatch's long options: lowercase ASCII and dashes
 
 
 class _ProfileSection(Checked):
@@ -81,11 +92,12 @@ class RaySettings(_ProfileSection):
 
     def check(self) -> None:
         self.need(self.object_store_mb >= 80, "object_store_mb", ">= 80 (Ray's minimum is 75 MiB)")
-        self.need(self.worker_ports >= 8, "worker_ports", ">= 8")
+        self.need(8 <= self.worker_ports <= PORT_CEILING - 1024 - FIXED_PORTS, "worker_ports",
+                  f"from 8 to {PORT_CEILING - 1024 - FIXED_PORTS} (a node's ports must fit below {PORT_CEILING})")
         self.need(os.path.isabs(self.temp_root) and len(self.temp_root) <= MAX_TEMP_ROOT_CHARS, "temp_root",
                   f"an absolute path of at most {MAX_TEMP_ROOT_CHARS} characters (Ray's socket paths under "
                   f"it must stay below {compat.AF_UNIX_PATH_MAX} bytes)")
-        self.need(self.interface is None or bool(re.fullmatch(r"[\w.:@-]+", self.interface)), "interface",
+        self.need(self.interface is None or bool(re.fullmatch(r"[\w.:@-]{1,15}", self.interface, re.ASCII)), "interface",
                   "a network interface name like ib0 (or null)")
         self.need(self.join_timeout_s > 0, "join_timeout_s", "> 0")
         self.need(self.stop_timeout_s > 0, "stop_timeout_s", "> 0")
@@ -111,6 +123,9 @@ class LocalProfile(_Profile):
     def check(self) -> None:
         self.need(self.storage_root is None or bool(self.storage_root.strip()), "storage_root",
                   "a directory (or null)")
+        self.need(self.storage_root is None or not os.path.isabs(self.storage_root) or not system_dir(self.storage_root),
+                  "storage_root",
+                  "a directory of yours, not / or a system directory (/etc, /usr, ...)")
 
 
 def _time(key: str, value: Any) -> str:
@@ -142,11 +157,27 @@ def _sbatch_extra(key: str, value: Any) -> tuple[tuple[str, Any], ...]:
             pairs.append((name, val if eq else True))
     else:
         raise ProfileError(f"{key} must be a mapping {{option: value}} or a list of '--option=value', got {value!r}")
-    for name, _ in pairs:
+    for name, value in pairs:
         option = name.replace("_", "-")
+        if not OPTION_RE.fullmatch(option):
+            raise ProfileError(f"{key} option names must be sbatch's long options (lowercase letters, digits and "
+                               f"dashes, e.g. constraint), got {name!r}")
+        managed = sorted(m for m in MANAGED_SBATCH if m.startswith(option))
         if option in MANAGED_SBATCH:
-            key_ = "tasks_per_node" if option.startswith("ntasks") else option.replace("-", "_")
-            raise ProfileError(f"{key} sets --{option}, which the profile manages: use the profile key {key_} instead")
+            managed = [option]
+        elif option in REAL_PREFIX_OPTIONS:
+            managed = []
+        if managed:
+            reads = "" if managed == [option] else f", which sbatch reads as --{' or --'.join(managed)}"
+            instead = MANAGED_SBATCH[managed[0]]
+            if " " in instead:  # an option ray-grok sets itself
+                raise ProfileError(f"{key} sets --{option}{reads}: {instead}")
+            raise ProfileError(f"{key} sets --{option}{reads}, which the profile manages: use the profile key "
+                               f"{instead} instead")
+        text = value if isinstance(value, str) else str(value)
+        if CONTROL.search(text) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ProfileError(f"{key}.{option} must be a finite number or text without control characters "
+                               f"(it becomes an #SBATCH line), got {value!r}")
     return tuple(pairs)
 
 
@@ -194,6 +225,8 @@ class SlurmProfile(_Profile):
         need = self.need
         need(bool(self.storage_root), "storage_root", "set: an absolute path on a file system every node sees")
         need(os.path.isabs(self.storage_root), "storage_root", "an absolute path (on a file system every node sees)")
+        need(not system_dir(self.storage_root), "storage_root",
+             "a directory of yours, not / or a system directory (/etc, /usr, ...)")
         for name in ("partition", "account", "qos", "job_name"):
             value = getattr(self, name)
             need(value is None or bool(value and not re.search(r"\s", value)), name, "a non-empty name without spaces")
@@ -201,7 +234,7 @@ class SlurmProfile(_Profile):
         need(self.tasks_per_node >= 1, "tasks_per_node", ">= 1")
         need(self.gpus_per_node >= 0, "gpus_per_node", ">= 0")
         need(self.cpus_per_task >= 1, "cpus_per_task", ">= 1")
-        need(self.mem is None or bool(MEM_RE.match(self.mem)), "mem", "a size like 64G, 500M or 128000 (MB)")
+        need(self.mem is None or bool(MEM_RE.fullmatch(self.mem)), "mem", "a size like 64G, 500M or 128000 (MB)")
         try:
             minutes = parse_time_min(self.time)
         except ValueError:
@@ -212,6 +245,9 @@ class SlurmProfile(_Profile):
              f"less than the time limit ({minutes} min = {minutes * 60} s)")
         need(self.max_requeues >= 0, "max_requeues", ">= 0")
         need(self.python is None or bool(self.python.strip()), "python", "a command (or null)")
+        most = (PORT_CEILING - 1024) // self.ray.ports_per_node
+        need(self.tasks_per_node <= most, "tasks_per_node", f"at most {most} (each task's Ray node takes a block of "
+             f"{self.ray.ports_per_node} ports, and they must fit between 1024 and {PORT_CEILING})")
         room = PORT_CEILING - self.tasks_per_node * self.ray.ports_per_node
         self.ray.need(1024 <= self.ray.port_base <= room, "port_base",
                       f"in [1024, {room}] (tasks_per_node x {self.ray.ports_per_node} ports per Ray node must "
@@ -225,8 +261,9 @@ Profile = Union[LocalProfile, SlurmProfile]
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
 
-class _ProfileLoader(yaml.SafeLoader):
-    """YAML 1.1 reads an unquoted 01:30:00 as the base-60 integer 5400; a time limit must stay text."""
+class _ProfileLoader(UniqueKeyLoader):
+    """YAML 1.1 reads an unquoted 01:30:00 as the base-60 integer 5400; a time limit must stay text.
+    A key given twice is refused (UniqueKeyLoader)."""
 
 
 _ProfileLoader.yaml_implicit_resolvers = {
@@ -319,8 +356,8 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(f"cluster profile {path} does not exist")
     try:
         data = yaml.load(path.read_text(), Loader=_ProfileLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
+        raise ProfileError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
     return profile_from_dict(data if data is not None else {}, str(path))
 
 

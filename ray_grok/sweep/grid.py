@@ -31,7 +31,8 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import ConfigError, GridError
-from ..trial.config import VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
+from ..io import UniqueKeyLoader, yaml_error_line
+from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc
 
 
@@ -71,8 +72,11 @@ class RunSettings(_GridSection):
     state_every_s: float = doc("seconds between snapshots of Tune's experiment state (trial dirs are the truth)",
                                60.0)
     object_store_mb: int = doc("cap of a local Ray's object store (ray-grok passes no large objects)", 256)
+    max_trials: int = doc("a grid with more trials is refused before it is expanded (a typo in an axis can "
+                          "make millions); raise it if you mean it", 10_000)
 
     def check(self) -> None:
+        self.need(self.max_trials >= 1, "max_trials", ">= 1")
         self.need(self.max_concurrent >= 0, "max_concurrent", ">= 0 (0 = as many as fit)")
         self.need(self.max_failures >= 0, "max_failures", ">= 0")
         self.need(self.state_every_s > 0, "state_every_s", "> 0")
@@ -104,7 +108,8 @@ class GridSpec:
             "axes": [[a.key, list(a.values)] for a in self.axes],
             "seeds": list(self.seeds),
             "resources": self.resources.as_ray(),
-            "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings)},
+            # max_trials is a guard, not how the sweep runs: raising it is not a change of grid
+            "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings) if f.name != "max_trials"},
         }
 
 
@@ -129,11 +134,15 @@ def load_grid(path: str | Path) -> GridSpec:
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} does not exist")
+    return grid_from_dict(read_grid_yaml(path), source=str(path), default_name=path.stem)
+
+
+def read_grid_yaml(path: Path) -> Any:
+    """A grid file's YAML; a key given twice, or YAML that does not parse, is one line naming it."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML: {exc}") from exc
-    return grid_from_dict(data, source=str(path), default_name=path.stem)
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
+        raise GridError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
 
 
 def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid") -> GridSpec:
@@ -156,25 +165,34 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
     base_raw = data.get("base") or {}
     if not isinstance(base_raw, Mapping):
         fail(f"base must be a mapping of trial config keys, got {base_raw!r}")
-    base = flatten(base_raw)
+    try:
+        base = flatten(base_raw)
+    except ConfigError as exc:
+        fail(f"base.{exc}")
     for key in base:
         if key not in VALID_KEYS:
             fail(f"unknown config key base.{key}; valid keys: {', '.join(VALID_KEYS)}")
 
+    # the run section first: its max_trials bounds everything counted below, before it is built
+    run = _section(RunSettings, data.get("run") or {}, fail)
+    resources = _section(Resources, data.get("resources") or {}, fail)
     axes_raw = data.get("axes") or {}
     if not isinstance(axes_raw, Mapping):
         fail(f"axes must be a mapping of config key -> values, got {axes_raw!r}")
     axes = []
     for key, spec in axes_raw.items():
-        if key not in VALID_KEYS:
+        if not isinstance(key, str) or key not in VALID_KEYS:
             fail(f"unknown config key axes.{key}; valid keys: {', '.join(VALID_KEYS)}")
         if key in base:
             fail(f"{key} is both in base ({base[key]!r}) and in axes: set it in one place")
-        axes.append(Axis(key, _axis_values(key, spec, fail)))
+        axes.append(Axis(key, _axis_values(key, spec, fail, run.max_trials)))
 
-    seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail)
-    resources = _section(Resources, data.get("resources") or {}, fail)
-    run = _section(RunSettings, data.get("run") or {}, fail)
+    seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail, run.max_trials)
+    count = math.prod(len(a.values) for a in axes) * max(1, len(seeds))
+    if count > run.max_trials:  # counted, not expanded: a typo in an axis can make millions
+        fail(f"the grid has {count:,} trials ({' x '.join(str(len(a.values)) for a in axes) or '1'}"
+             f"{f' x {len(seeds)} seeds' if seeds else ''}); at most run.max_trials = {run.max_trials:,} is allowed "
+             "(raise run.max_trials if you mean it)")
 
     spec = GridSpec(name=name, source=source, base=base, axes=tuple(axes), seeds=seeds,
                     resources=resources, run=run, description=description)
@@ -182,7 +200,7 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
     return spec
 
 
-def _axis_values(key: str, spec: Any, fail) -> tuple[Any, ...]:
+def _axis_values(key: str, spec: Any, fail, most: int) -> tuple[Any, ...]:
     forms = "a list of values, {range: {from, to, step}} or {pow2: {from, to}}"
     if isinstance(spec, list):
         values = list(spec)
@@ -192,9 +210,9 @@ def _axis_values(key: str, spec: Any, fail) -> tuple[Any, ...]:
         if not isinstance(args, Mapping) or set(args) != set(want):
             fail(f"axes.{key}.{kind} must be a mapping with keys {', '.join(want)}, got {args!r}")
         for k in want:
-            if isinstance(args[k], bool) or not isinstance(args[k], (int, float)):
-                fail(f"axes.{key}.{kind}.{k} must be a number, got {args[k]!r}")
-        values = _range(key, args, fail) if kind == "range" else _pow2(key, args, fail)
+            if isinstance(args[k], bool) or not isinstance(args[k], (int, float)) or not math.isfinite(args[k]):
+                fail(f"axes.{key}.{kind}.{k} must be a finite number, got {args[k]!r}")
+        values = _range(key, args, fail, most) if kind == "range" else _pow2(key, args, fail)
     else:
         fail(f"axes.{key} must be {forms}, got {spec!r}")
     if not values:
@@ -207,17 +225,22 @@ def _axis_values(key: str, spec: Any, fail) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def _range(key: str, args: Mapping, fail) -> list:
+def _range(key: str, args: Mapping, fail, most: int) -> list:
     start, stop, step = args["from"], args["to"], args["step"]
     if step <= 0:
         fail(f"axes.{key}.range.step must be > 0, got {step!r}")
     if stop < start:
         fail(f"axes.{key}.range.to must be >= from, got from {start!r} to {stop!r}")
-    n = round((stop - start) / step)
+    ints = all(isinstance(v, int) for v in (start, stop, step))
+    steps = (stop - start) // step if ints else (stop - start) / step  # counted before any value is built
+    if not steps + 1 <= most:  # also catches the inf of a step far below the span
+        count = f"{steps + 1:,}" if ints else f"{steps + 1:,.0f}"
+        fail(f"axes.{key}.range gives {count} values (from {start!r} to {stop!r} step {step!r}); "
+             f"a grid has at most run.max_trials = {most:,} trials")
+    n = round(steps)
     if abs(start + n * step - stop) > 1e-9 * max(1.0, abs(stop)):
         fail(f"axes.{key}.range: to - from must be a whole number of steps, got from {start!r} "
              f"to {stop!r} step {step!r}")
-    ints = all(isinstance(v, int) for v in (start, stop, step))
     # rounding keeps 0.2 + 3 * 0.1 == 0.5, so ids and directories read as the grid does
     return [start + i * step if ints else round(start + i * step, 12) for i in range(n + 1)]
 
@@ -226,13 +249,13 @@ def _pow2(key: str, args: Mapping, fail) -> list:
     start, stop = args["from"], args["to"]
     if not (isinstance(start, int) and isinstance(stop, int)) or start < 1:
         fail(f"axes.{key}.pow2 from and to must be integers >= 1, got from {start!r} to {stop!r}")
-    ratio = stop / start
-    if stop < start or not float(ratio).is_integer() or int(ratio) & (int(ratio) - 1):
+    ratio = stop // start  # integers all the way: a float ratio overflows for a huge 'to'
+    if stop < start or stop % start or ratio & (ratio - 1):
         fail(f"axes.{key}.pow2.to must be from times a power of two, got from {start} to {stop}")
-    return [start << i for i in range(int(math.log2(ratio)) + 1)]
+    return [start << i for i in range(ratio.bit_length())]
 
 
-def _seeds(value: Any, seed_is_axis: bool, fail) -> tuple[int, ...]:
+def _seeds(value: Any, seed_is_axis: bool, fail, most: int) -> tuple[int, ...]:
     if seed_is_axis:
         if value != 1:
             fail("seed is an axis and seeds is set too: use one of them")
@@ -240,15 +263,15 @@ def _seeds(value: Any, seed_is_axis: bool, fail) -> tuple[int, ...]:
     if isinstance(value, bool):
         fail(f"seeds must be a count (>= 1) or a list of seeds, got {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            fail(f"seeds must be >= 1, got {value!r}")
+        if not 1 <= value <= most:  # before range(): seeds: 1e12 must not be built
+            fail(f"seeds must be a count from 1 to run.max_trials = {most:,}, got {value!r}")
         return tuple(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                  for s in value):
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool)
+                                                  and 0 <= s <= MAX_SEED for s in value):
         if len(set(value)) != len(value):
             fail(f"seeds lists a seed twice: {value!r}")
         return tuple(value)
-    fail(f"seeds must be a count (>= 1) or a non-empty list of seeds >= 0, got {value!r}")
+    fail(f"seeds must be a count (>= 1) or a non-empty list of seeds from 0 to {MAX_SEED}, got {value!r}")
     raise AssertionError  # unreachable: fail raises
 
 

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 from ..errors import GridError, RunDirError
-from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, read_json_or, write_json
+from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, read_json_or, system_dir, write_json
 from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
 from ..trial.schema import CONFIG_FILE, FAILED, PENDING, RUNNING, STATUS_FILE
-from .grid import GridSpec, PlannedTrial, expand, grid_from_dict, load_grid
+from .grid import GridSpec, PlannedTrial, expand, grid_from_dict, load_grid, read_grid_yaml
 
 GRID_FILE = "grid.yaml"
 SWEEP_FILE = "sweep.json"
@@ -115,6 +114,9 @@ def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedT
 def check_not_foreign(run_dir: Path) -> None:
     """Refuse a directory that holds files but no sweep (a typo in --out must not turn a home
     directory into a run directory, nor tighten its mode)."""
+    if system_dir(run_dir):
+        raise RunDirError(f"a run directory must be a directory of yours, not / or a system directory "
+                          f"(/etc, /usr, ...), got {str(run_dir)!r}")
     if (run_dir / PLAN_FILE).exists() or not run_dir.is_dir():
         return
     if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
@@ -148,7 +150,7 @@ def check_same_grid(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -
 
 def stored_grid(run_dir: Path) -> GridSpec:
     path = run_dir / GRID_FILE
-    return grid_from_dict(yaml.safe_load(path.read_text()), source=str(path), default_name=run_dir.name)
+    return grid_from_dict(read_grid_yaml(path), source=str(path), default_name=run_dir.name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -16,7 +17,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from ..errors import ConfigError
-from .fields import Checked, describe, doc
+from ..io import UniqueKeyLoader, yaml_error_line
+from .fields import INT64_MAX, Checked, describe, doc
 from .schema import SCALAR_EVAL_COLUMNS
 
 
@@ -44,6 +46,9 @@ class TaskConfig(_Section):
 
     def check(self) -> None:
         p, need = self.p, self.need
+        # the bound first: a trial enumerates the p^2 inputs and tasks, and testing a huge p for
+        # primality would itself take forever
+        need(2 <= p <= MAX_P, "p", f"a prime from 2 to {MAX_P} (a trial enumerates the p^2 inputs and tasks)")
         need(is_prime(p), "p", "a prime (the tasks live in Z_p)")
         need(p >= 5 or self.rule != "rectangular", "p",
              "at least 5 under the rectangular rule (a rectangle needs 4 distinct residues)")
@@ -58,6 +63,7 @@ class TaskConfig(_Section):
         need(self.n_id >= 1, "n_id", ">= 1")
         need(self.n_id <= left, "n_id", f"<= p^2 - n_ood = {p}^2 - {self.n_ood} = {left} (tasks left after "
              "the o.o.d. ones)")
+        need(0 <= self.data_seed <= MAX_SEED, "data_seed", f"a seed from 0 to {MAX_SEED}")
         need(self.rule != "rectangular" or self.n_id % 4 == 0, "n_id",
              "a multiple of 4 under the rectangular rule (tasks come in rectangles of 4)")
 
@@ -143,11 +149,11 @@ class RuntimeConfig(_Section):
     threads: int = doc("CPU threads for torch (0 = torch's default)", 0)
 
     def check(self) -> None:
-        dev = self.device
-        self.need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device",
-                  "one of auto, cpu, cuda, cuda:N")
+        # ASCII digits only: str.isdigit() also takes '٣' and '²', which torch.device cannot read
+        self.need(bool(re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]{1,3}", self.device)), "device",
+                  "one of auto, cpu, cuda, cuda:N (N in ASCII digits, below 1000)")
         self.need(self.log_every >= 1, "log_every", ">= 1")
-        self.need(self.threads >= 0, "threads", ">= 0")
+        self.need(0 <= self.threads <= MAX_THREADS, "threads", f"from 0 to {MAX_THREADS} (0 = torch's default)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +167,33 @@ class TrialConfig(_Section):
     runtime: RuntimeConfig = doc("", factory=RuntimeConfig)
 
     def check(self) -> None:
+        self.need(0 <= self.seed <= MAX_SEED, "seed", f"a seed from 0 to {MAX_SEED}")
         self.train.need(self.train.batch_size % self.task.n_id == 0, "batch_size",
                         f"a multiple of task.n_id = {self.task.n_id} (every batch holds the same rows of every task)")
+        most = INT64_MAX // (self.train.batch_size * self.seq_len)
+        self.train.need(self.train.steps <= most, "steps", f"at most {most} (tokens_seen = steps x batch_size x "
+                        "(3 x n_examples - 1) must fit in 64 bits)")
+        need = self.min_memory_bytes()
+        if need > MAX_TRIAL_BYTES:
+            raise ConfigError(
+                f"this trial needs at least {need / 2**30:,.0f} GiB of memory ({self.size_fields()}); at most "
+                f"{MAX_TRIAL_BYTES // 2**30:,} GiB is allowed: make the model or the batches smaller")
+
+    def min_memory_bytes(self) -> int:
+        """A lower bound on the memory one trial needs on its device, from its sizes alone (nothing
+        is allocated): weights, gradients and AdamW's two moments in fp32; the MLP's hidden layer
+        of every block for one batch, kept for the backward pass (bf16 at least); the four
+        evaluation sets (int64 tokens). Attention and the rest come on top."""
+        m, t = self.model, self.task
+        params = t.p * m.width + m.depth * (12 * m.width ** 2 + 2 * m.width) + m.width
+        mlp_hidden = self.train.batch_size * self.seq_len * m.depth * 4 * m.width
+        eval_tokens = 4 * self.eval.batches * self.train.batch_size * 3 * t.n_examples
+        return 16 * params + 2 * mlp_hidden + 8 * eval_tokens
+
+    def size_fields(self) -> str:
+        """The keys that set a trial's memory, with their values, for messages."""
+        return (f"model.depth={self.model.depth}, model.width={self.model.width}, train.batch_size="
+                f"{self.train.batch_size}, task.n_examples={self.task.n_examples}, eval.batches={self.eval.batches}")
 
     # ---- derived quantities (no I/O) ----
     @property
@@ -189,6 +220,14 @@ class TrialConfig(_Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+MAX_P = 1021  # the largest prime below 1024: p^2 ~ 1M inputs and tasks, enumerated as a trial starts
+MAX_SEED = 2**32 - 1  # numpy's seed range; the samplers' seeds derived from it still fit torch's
+MAX_THREADS = 4096
+# A trial whose memory lower bound passes this cannot run anywhere ray-grok runs: refused when the
+# config is read, before anything is allocated (run_trial also checks it against its device).
+MAX_TRIAL_BYTES = 2**40  # 1 TiB
+
+
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
@@ -212,12 +251,16 @@ VALID_KEYS = tuple(k for k, _, _ in describe_keys())
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'task': {'alpha': 0.6}} -> {'task.alpha': 0.6}. A key given both nested and dotted
+    ({'task': {'alpha': 0.5}, 'task.alpha': 0.7}) is refused: which one wins would be a guess."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        items = flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v}
+        for key, value in items.items():
+            if key in out:
+                raise ConfigError(f"{key} is given twice (nested and dotted: {out[key]!r} and {value!r}); "
+                                  "give each key once")
+            out[key] = value
     return out
 
 
@@ -271,11 +314,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
+            raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        bad = [k for k in flatten(loaded) if k not in VALID_KEYS]
+        try:
+            flat = flatten(loaded)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        bad = [k for k in flat if k not in VALID_KEYS]
         if bad:
             raise ConfigError(f"{path}: unknown config key {bad[0]}; valid keys: {', '.join(VALID_KEYS)}")
-        data = merge(data, flatten(loaded))
+        data = merge(data, flat)
     return config_from_dict(merge(data, dict(parse_override(o) for o in overrides)))

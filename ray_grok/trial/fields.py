@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
+import re
 import types
 import typing
 from typing import Any, Callable, ClassVar, Literal, Mapping, Union
@@ -104,6 +106,8 @@ def coerce(key: str, value: Any, hint: Any, error: type[ConfigError] = ConfigErr
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
             raise error(f"{key} must be a list of strings, got {value!r}")
+        for item in items:
+            _no_control_characters(key, item, error)
         return tuple(items)
     if value is None:
         raise error(f"{key} must not be null")
@@ -112,10 +116,13 @@ def coerce(key: str, value: Any, hint: Any, error: type[ConfigError] = ConfigErr
             raise error(f"{key} must be true or false, got {value!r}")
         return value
     if hint is int:
+        given = value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise error(f"{key} must be an integer, got {value!r}")
+        if not INT64_MIN <= value <= INT64_MAX:  # every value is a column of the Parquet tables
+            raise error(f"{key} must be an integer that fits in 64 bits, got {_short(given)}")
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
@@ -123,12 +130,40 @@ def coerce(key: str, value: Any, hint: Any, error: type[ConfigError] = ConfigErr
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error(f"{key} must be a number, got {value!r}")
-        return float(value)
+        given = value
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            value = math.inf
+        if not math.isfinite(value):  # nan passes every comparison rule; inf runs forever
+            raise error(f"{key} must be a finite number, got {_short(given)}")
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise error(f"{key} must be a string, got {value!r}")
+        _no_control_characters(key, value, error)
         return value
     raise TypeError(f"unsupported annotation {hint!r} for {key}")  # a bug in a config class, not user input
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# C0 and C1 control characters, DEL: a newline in a value that reaches an sbatch script or a shell
+# line would start a line of its own (`partition: "gpu\n#SBATCH --time=..."`)
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _short(value: Any) -> str:
+    """repr of VALUE, a huge integer shortened to its size ('an integer of 301 digits')."""
+    try:
+        text = repr(value)
+    except ValueError:  # Python refuses to print an int of more than 4300 digits
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 40 or not isinstance(value, int) else f"an integer of {len(text)} digits"
+
+
+def _no_control_characters(key: str, value: str, error: type[ConfigError]) -> None:
+    if CONTROL.search(value):
+        raise error(f"{key} must be text without control characters (newlines, tabs, escapes), got {value!r}")
 
 
 @functools.cache

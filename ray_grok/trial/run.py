@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,25 @@ class TrialParts:
     autocast: Callable[[], contextlib.AbstractContextManager]
 
 
+def device_memory(device: torch.device) -> int:
+    """Total memory of DEVICE in bytes (the machine's RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(cfg: TrialConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a trial whose memory lower bound exceeds its device's
+    total memory: it could only end in an out-of-memory kill, on every retry."""
+    need, have = cfg.min_memory_bytes(), device_memory(device)
+    if need > have:
+        raise ConfigError(f"this trial needs at least {need / 2**30:,.1f} GiB of memory ({cfg.size_fields()}) but "
+                          f"{device} has {have / 2**30:,.1f} GiB: make the model or the batches smaller")
+
+
 def build_parts(cfg: TrialConfig) -> TrialParts:
     device = resolve_device(cfg.runtime.device)
+    check_fits(cfg, device)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     sets = make_task_sets(cfg.task, cfg.seed)

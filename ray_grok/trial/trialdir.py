@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import RayGrokError, TrialError
-from ..io import describe_holder, hold_lock, read_json, write_json
+from ..io import describe_holder, hold_lock, read_json, system_dir, write_json
 from .config import TrialConfig, config_from_dict
 from .schema import CONFIG_FILE, LOCK_FILE, STATUS_FILE
 
@@ -21,6 +21,9 @@ def trial_lock(out: Path, wait_s: float = 0.0) -> Iterator[None]:
     """Hold OUT's lock while the block runs (OUT is created): refused at once (or after wait_s)
     while another process trains in OUT, naming it. Two writers of one trial's checkpoints and
     metrics would interleave their steps."""
+    if system_dir(out):
+        raise TrialError(f"a trial directory must be a directory of yours, not / or a system directory "
+                         f"(/etc, /usr, ...), got {str(out)!r}")
     out.mkdir(parents=True, exist_ok=True)
 
     def busy(holder: dict) -> TrialError:
