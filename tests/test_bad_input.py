@@ -11,6 +11,7 @@ Fast: in-process (CliRunner). The slow test at the end runs the slowest kinds as
 """
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -206,6 +207,25 @@ def _child_cpu() -> float:
     total = r.ru_utime + r.ru_stime
     spent, _SEEN[0] = total - _SEEN[0], total
     return spent
+
+
+def test_a_trial_beyond_its_devices_memory_is_refused_before_anything_is_allocated(tmp_path):
+    """Under the 1 TiB any config may ask for, but more than this machine has: refused when the
+    trial starts, before the model or the data exist, and before its config is stored (so the same
+    directory takes a smaller config)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    out = tmp_path / "trial"
+    args = ["train", "--out", str(out), "--set", "runtime.device=cpu", "--set", "model.width=8192",
+            "--set", "model.depth=24"]
+    assert ram < 400 * 2**30, "this machine is too large for the case: raise model.depth"
+    t0 = time.monotonic()
+    result = CliRunner().invoke(main, args)
+    output = result.output.strip()
+    assert result.exit_code == 1 and "\n" not in output, output
+    assert output.startswith("Error: this trial needs at least") and "model.width=8192" in output, output
+    assert f"but cpu has {ram / 2**30:,.1f} GiB" in output, output
+    assert time.monotonic() - t0 < 2.0
+    assert not (out / "config.json").exists()
 
 
 def test_a_profile_case_is_only_refused_for_its_own_reason(tmp_path):

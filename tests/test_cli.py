@@ -9,11 +9,16 @@ from ray_grok.trial.config import VALID_KEYS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", sorted(main.commands))
+@pytest.mark.parametrize("command", main.list_commands(None))
 def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example:" in result.output
+
+
+def test_every_command_is_listed():
+    assert main.list_commands(None) == sorted(["train", "config", "launch", "status", "aggregate", "phases", "plot",
+                                               "task"])
 
 
 def test_config_lists_every_key_with_default_and_meaning():

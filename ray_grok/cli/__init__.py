@@ -6,18 +6,31 @@ command catches them itself. Any other exception is a bug and keeps its tracebac
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from ..errors import RayGrokError
-from .results import phases_cmd, plot_cmd
 from .sweep import aggregate_cmd, launch_cmd, status_cmd
 from .task import task_cmd
 from .trial import config_cmd, train
 
+# Commands whose module imports pandas (half a second or more): loaded when they are run, so that
+# every other command, and every refusal of bad input, starts without it
+LAZY = {"phases": "results:phases_cmd", "plot": "results:plot_cmd"}
+
 
 class _Main(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY:
+            module, _, attr = LAZY[name].partition(":")
+            return getattr(importlib.import_module(f".{module}", __name__), attr)
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -35,5 +48,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (train, config_cmd, launch_cmd, status_cmd, aggregate_cmd, phases_cmd, plot_cmd, task_cmd):
+for _command in (train, config_cmd, launch_cmd, status_cmd, aggregate_cmd, task_cmd):
     main.add_command(_command)

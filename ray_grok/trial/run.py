@@ -240,6 +240,7 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
         echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
         return TrialResult(status["step"], status.get("best_step", -1),
                            status.get("best_value", float("nan")), status.get("early_stopped", False), True)
+    check_fits(cfg, resolve_device(cfg.runtime.device))  # before config.json: a smaller config may follow
     prepare_dir(cfg, out)
     parts = build_parts(cfg)
     write_json(out / TASKS_FILE, parts.sets.to_json())
