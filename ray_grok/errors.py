@@ -46,6 +46,10 @@ class RunDirError(RayGrokError):
     """RUN_DIR cannot be used for this launch (another grid, a live driver, not a sweep directory)."""
 
 
+class DiskFullError(RunDirError):
+    """The file system of RUN_DIR is full (or over quota): the sweep stopped; it resumes once space is back."""
+
+
 class StateVersionError(RunDirError):
     """RUN_DIR holds state that another ray-grok version wrote and this one cannot read."""
 

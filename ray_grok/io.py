@@ -81,6 +81,33 @@ def write_json(path: str | Path, obj: Any, durable: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n", durable)
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_TEXT = ("No space left on device", "Disk quota exceeded")  # as a remote error's text shows them
+
+
+def disk_full(exc: BaseException | str | None) -> bool:
+    """EXC (or anything in its chain), or an error's text, says the file system is full."""
+    if isinstance(exc, str):
+        return any(t in exc for t in FULL_TEXT)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno in FULL) or any(t in str(exc) for t in FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_line(exc: BaseException | str) -> str:
+    """The line of an error (a remote traceback's, say) that says the disk is full, shortened."""
+    texts = [exc] if isinstance(exc, str) else []
+    while not isinstance(exc, str) and exc is not None:
+        texts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    lines = [ln.strip() for t in texts for ln in t.splitlines() if any(f in ln for f in FULL_TEXT)]
+    return (lines[-1] if lines else " ".join(str(texts[0]).split()))[:200]
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, "rb") as f:
         return json.loads(f.read())

@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from ..io import format_duration, read_json, read_json_or
+from ..io import disk_full, disk_full_line, format_duration, read_json, read_json_or
 from ..trial.schema import CONFIG_FILE, DONE, FAILED, RUNNING, STATUS_FILE
-from .rundir import HEARTBEAT_S, read_plan, record_failure, trial_states, write_driver
+from .rundir import HEARTBEAT_S, disk_full_error, read_plan, record_failure, trial_states, write_driver
 
 BEST_METRIC = "ood_test_acc_last"  # what the live view reports as "best o.o.d. accuracy"
 LIVE_TB_DIR = "phase-diagrams"  # the sweep-level TensorBoard run under RUN_DIR
@@ -125,11 +125,15 @@ class FailureRecorder(_Unpickled):
 
     def _error(self, tid: str, trial: Any) -> str:
         """The failure's message from status.json; a worker that died (out of memory, killed)
-        could not write it, so Tune's error file is copied there."""
+        could not write it, so Tune's error file is copied there. A full disk stops the sweep
+        here: every other trial would fail the same way, each retry included."""
         out = self.tally.trial_dir(tid)
+        error = _tune_error(trial)
+        if disk_full(error):
+            raise disk_full_error(self.tally.run_dir, f"trial {tid}: {disk_full_line(error)}")
         status = read_json_or(out / STATUS_FILE, {})
         if status.get("state") != FAILED:
-            record_failure(out, _tune_error(trial), self.tally.steps_total[tid])
+            record_failure(out, error, self.tally.steps_total[tid])
             status = read_json(out / STATUS_FILE)
         return status.get("error", "?")
 
@@ -202,7 +206,12 @@ class Heartbeat(_Unpickled):
         now = time.time()
         counts = {} if trials is None else {"counts": self.tally.counts(trials), "eta_s": self.tally.eta(now)}
         # version: of the driver that runs Tune, i.e. that writes its state under RUN_DIR/tune
-        write_driver(self.tally.run_dir, RUNNING, self.tally.started, version=__version__, **counts)
+        try:
+            write_driver(self.tally.run_dir, RUNNING, self.tally.started, version=__version__, **counts)
+        except OSError as exc:
+            if disk_full(exc):
+                raise disk_full_error(self.tally.run_dir, f"the driver's heartbeat: {disk_full_line(exc)}") from None
+            raise
         self.last_beat = now
 
 

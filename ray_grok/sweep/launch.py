@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import __version__, compat
-from ..errors import GridError, RunDirError, StateVersionError
-from ..io import format_duration
+from ..errors import DiskFullError, GridError, RunDirError, StateVersionError
+from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, PENDING, RUNNING
 from .callbacks import sweep_callbacks
 from .rundir import (
-    TUNE_DIR, TUNE_EXPERIMENT, Launch, driver_alive, prepare, read_driver, read_plan, run_lock, trial_states,
-    write_driver,
+    TUNE_DIR, TUNE_EXPERIMENT, Launch, disk_full_error, driver_alive, prepare, read_driver, read_plan, run_lock,
+    trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_env, ray_session, scoped_env
 from .trainable import make_trainable
@@ -102,14 +102,27 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
             f"{states[PENDING]} pending)" if resumed else ""))
     try:
         timing = _fit(launch, echo) if states[DONE] < len(launch.trials) else {}
+    except Exception as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFullError):  # Tune's own state, say
+            raise disk_full_error(run_dir, disk_full_line(exc)) from None
+        raise
     finally:  # also when Ray or Tune fails: `status` must not report a live driver
         counts = Counter(s.state for s in trial_states(run_dir))
         unfinished = len(launch.trials) - counts[DONE] - counts[FAILED]
         # the version of the driver that last ran Tune (its heartbeat wrote it) stays on record
         version = read_driver(run_dir).get("version")
-        write_driver(run_dir, FINISHED if not unfinished else STOPPED, t0, counts=dict(counts),
-                     **({"version": version} if version else {}))
-    summary = aggregate(run_dir)
+        try:
+            write_driver(run_dir, FINISHED if not unfinished else STOPPED, t0, counts=dict(counts),
+                         **({"version": version} if version else {}))
+        except OSError as exc:  # a full disk must not hide what stopped the sweep
+            if not disk_full(exc):
+                raise
+    try:
+        summary = aggregate(run_dir)
+    except OSError as exc:
+        if disk_full(exc):
+            raise disk_full_error(run_dir, f"the results tables: {disk_full_line(exc)}") from None
+        raise
     wall = time.time() - t0
     echo(f"{spec.name}: {counts[DONE]} done, {counts[FAILED]} errored, {unfinished} unfinished in "
          f"{format_duration(wall)}; results: {summary.path}/{{trials,curves}} ({summary.trials} trials, "

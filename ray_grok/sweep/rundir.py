@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from ..errors import GridError, RunDirError
+from ..errors import DiskFullError, GridError, RunDirError
 from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, read_json_or, system_dir, write_json
 from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
@@ -190,6 +191,17 @@ def record_attempt(out: Path) -> int:
     data["host"] = socket.gethostname()
     write_json(path, data)
     return data["attempts"]
+
+
+def disk_full_error(run_dir: Path, what: str) -> DiskFullError:
+    """The one line a sweep stops with when RUN_DIR's file system is full."""
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**20:,.1f} MiB free now"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(f"the file system of {run_dir} is full ({what}; {free}): the sweep stopped, and every "
+                         "file it wrote is whole; free space, then run the same command to resume: finished trials "
+                         "are kept, the others go on from their last checkpoints")
 
 
 def record_failure(out: Path, error: str, steps: int) -> None:

@@ -9,6 +9,7 @@ itself; a finished trial returns at once).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -75,8 +76,9 @@ def run_one(out: Path, trial_id: str, cpus: float) -> None:
             run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            echo(f"== attempt {attempt} failed:\n{traceback.format_exc()}")
-            record_failure(out, message, cfg.train.steps)
+            with contextlib.suppress(OSError):  # a full disk: the driver records it (FailureRecorder)
+                echo(f"== attempt {attempt} failed:\n{traceback.format_exc()}")
+                record_failure(out, message, cfg.train.steps)
             raise
 
 
