@@ -189,7 +189,7 @@ def record_attempt(out: Path) -> int:
     data["attempts"] = int(data.get("attempts", 0)) + 1
     data["last_start"] = time.time()
     data["host"] = socket.gethostname()
-    write_json(path, data)
+    write_json(path, data, durable=False)  # a count for `status`: not worth an fsync per trial
     return data["attempts"]
 
 

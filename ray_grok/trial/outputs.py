@@ -47,8 +47,10 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop evaluations after `step` (a resume from a checkpoint at `step` redoes them)."""
-        self.rows = [r for r in self.rows if r["step"] <= step]
-        self._write()
+        kept = [r for r in self.rows if r["step"] <= step]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._write()
 
     def append(self, row: dict) -> None:
         self.rows.append(row)

@@ -243,7 +243,8 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     check_fits(cfg, resolve_device(cfg.runtime.device))  # before config.json: a smaller config may follow
     prepare_dir(cfg, out)
     parts = build_parts(cfg)
-    write_json(out / TASKS_FILE, parts.sets.to_json())
+    if not (out / TASKS_FILE).exists():  # derived from the config: written once, and not worth an fsync
+        write_json(out / TASKS_FILE, parts.sets.to_json(), durable=False)
     ckpt_dir = out / CHECKPOINT_DIR
     metrics = MetricsLog(out / METRICS_FILE, echo=echo)
 

@@ -43,7 +43,8 @@ def prepare_dir(cfg: TrialConfig, out: Path) -> None:
                 if not k.startswith("runtime.") and cfg.flat()[k] != v]
         raise TrialError(f"{out} holds a trial with a different config ({'; '.join(diff)}); "
                          "use another --out or the stored config")
-    write_json(out / CONFIG_FILE, cfg.to_dict())
+    if stored is None or stored != cfg:  # runtime keys may change on resume; otherwise nothing to write
+        write_json(out / CONFIG_FILE, cfg.to_dict())
 
 
 def read_status(out: Path) -> dict | None:
