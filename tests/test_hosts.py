@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from ray_grok.cluster.layout import NodeLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 LAB = Path(os.environ.get("RAY_GROK_HOSTS_LAB", "/var/tmp/ray-grok-hosts"))
 ON_HOST = ROOT / "cluster/dev/on-host"
@@ -222,3 +224,195 @@ def test_smoke_grid_runs_on_a_ray_cluster_across_two_hosts(run_dir):
     assert set().union(*hosts.values()) == {HEAD, WORKER}
     assert_every_trial_once(run_dir)
     assert_nothing_left(run_dir, job_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# One probe job held up while the tests look at it from the hosts
+# ---------------------------------------------------------------------------------------------
+
+SUBMIT_PROBE = """
+import functools, json, sys
+from pathlib import Path
+from ray_grok.cluster.driver import probe_driver
+from ray_grok.cluster.profiles import load_profile
+from ray_grok.cluster.slurm import submit
+run_dir, profile, hold_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+run_dir.mkdir(parents=True, exist_ok=True)
+job = submit(load_profile(profile), run_dir, functools.partial(probe_driver, out=str(run_dir / "probe.jsonl"), hold_s=hold_s))
+print(json.dumps(job.job_id))
+"""
+
+
+@pytest.fixture(scope="module")
+def held_cluster():
+    """A 2-host job whose driver probes its Ray cluster (a task on each node), then holds it up
+    until it is cancelled; afterwards nothing of it may be left on either host."""
+    run_dir = LAB / "shared/tests/held_cluster"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    job_id = py_on(LOGIN, SUBMIT_PROBE, run_dir, PROFILE, 300)
+    out = run_dir / "probe.jsonl"
+    wait_until(lambda: out.exists() and out.read_text().strip(), 150, "the probe job's Ray cluster", job_id)
+    rdir = run_dir / f"slurm/{job_id}/ray.0"
+    yield {"job_id": job_id, "run_dir": run_dir, "rendezvous": rdir,
+           "report": json.loads(out.read_text().splitlines()[0]), "head": json.loads((rdir / "head.json").read_text()),
+           "records": [json.loads((rdir / f"node.{rank}.json").read_text()) for rank in (0, 1)]}
+    on_host(LOGIN, "scancel", job_id)
+    wait_until(lambda: not in_queue(job_id), 90, "the probe job to end")
+    assert_nothing_left(run_dir, job_id)
+
+
+def test_ray_interface_picks_the_data_network_and_the_head_advertises_it(held_cluster):
+    """Host names resolve to the management network (eth0), the profile names data0: the head
+    publishes its data0 address, both Ray nodes announce their hosts' data0 addresses (never
+    loopback), and a task ran on each host."""
+    head_ip, worker_ip = HOSTS[HEAD]["data_ip"], HOSTS[WORKER]["data_ip"]
+    head = held_cluster["head"]
+    assert (head["host"], head["address"].rsplit(":", 1)[0]) == (HEAD, head_ip)
+    assert held_cluster["report"]["address"] == head["address"]
+    assert held_cluster["report"]["node_ips"] == sorted([head_ip, worker_ip])  # what Ray itself lists
+    assert held_cluster["report"]["task_hosts"] == [HEAD, WORKER]
+    assert [(r["host"], r["ip"]) for r in held_cluster["records"]] == [(HEAD, head_ip), (WORKER, worker_ip)]
+    # the choice is ray.interface's: on the head's host, without it the address would be eth0's
+    chosen = py_on(HEAD, "import json; from ray_grok.cluster.layout import node_ip; "
+                         "print(json.dumps([node_ip('data0', multi_node=True), node_ip(None, multi_node=True)]))")
+    assert chosen == [head_ip, HOSTS[HEAD]["ip"]]
+
+
+LISTENERS = """
+import json, re, subprocess
+out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+found = []
+for line in out.splitlines():
+    local, users = line.split()[3], line.split(None, 5)[5] if len(line.split()) > 5 else ""
+    addr, port = local.rsplit(":", 1)
+    addr = addr.strip("[]").removeprefix("::ffff:")
+    comms = sorted(set(re.findall(r'"([^"]+)",pid=', users)))
+    found.append({"addr": addr, "port": int(port), "comms": comms})
+print(json.dumps(found))
+"""
+
+# Every gRPC method of Ray's own services (from Ray's generated Python protos, plus the object
+# manager's, which has none), called with an empty request: a service that checks the token
+# answers UNAUTHENTICATED; UNIMPLEMENTED means the port serves no such method (rejected before
+# any handler runs); anything else (OK, or an error from a handler) would be an answer.
+PORT_PROBE = """
+import grpc, http.client, importlib, json, pkgutil, sys
+import ray.core.generated as generated
+methods = ["/ray.rpc.ObjectManagerService/Push", "/ray.rpc.ObjectManagerService/Pull"]
+for mod in pkgutil.iter_modules(generated.__path__):
+    if mod.name.endswith("_pb2"):
+        try:
+            m = importlib.import_module(f"ray.core.generated.{mod.name}")
+        except Exception:
+            continue
+        methods += [f"/{s.full_name}/{x.name}" for s in m.DESCRIPTOR.services_by_name.values() for x in s.methods]
+report = {}
+for target in sys.argv[1:]:
+    codes = {}
+    with grpc.insecure_channel(target) as channel:
+        for method in methods:
+            try:
+                channel.unary_unary(method)(b"", timeout=5)
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            codes.setdefault(code, []).append(method)
+    host, port = target.rsplit(":", 1)
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", "/")
+        http_status = conn.getresponse().status
+    except Exception as exc:
+        http_status = type(exc).__name__
+    report[target] = {"grpc": {k: (len(v), v[:3]) for k, v in codes.items()}, "http": http_status}
+print(json.dumps({"methods": len(methods), "ports": report}))
+"""
+
+# The stranger tries to join as a Ray worker node, and to connect a driver, once without any
+# token and once with a wrong one. RAY_gcs_server_port_wait_time_s=2 only shortens Ray's ~20 s of
+# retries: each attempt is refused as a whole, and the error must say it is the token.
+STRANGER_JOIN = """
+import json, os, subprocess, sys
+head = sys.argv[1]
+open("/tmp/wrong-token", "w").write("0" * 64)
+base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+base.update(RAY_USAGE_STATS_ENABLED="0", RAY_gcs_server_port_wait_time_s="2")
+modes = {"no token": {"RAY_AUTH_MODE": "disabled"},
+         "wrong token": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/tmp/wrong-token"}}
+drive = "import ray, sys; ray.init(address=sys.argv[1]); print('CONNECTED', len(ray.nodes()))"
+procs = {}
+for mode, env in modes.items():
+    procs[f"join, {mode}"] = subprocess.Popen(
+        ["ray", "start", f"--address={head}", "--block", f"--temp-dir=/tmp/stranger-{len(procs)}", "--num-cpus=1",
+         "--object-store-memory=80000000", "--disable-usage-stats"],
+        env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    procs[f"driver, {mode}"] = subprocess.Popen([sys.executable, "-c", drive, head], env={**base, **env},
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+report = {}
+for name, p in procs.items():
+    try:
+        out = p.communicate(timeout=90)[0]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out = p.communicate()[0] + "\\n(still running after 90 s: killed)"
+    report[name] = {"rc": p.returncode, "refused_for_token": "InvalidAuthToken" in out, "tail": out[-600:]}
+print(json.dumps(report))
+"""
+
+# The same host with the job's token (read from the shared file system): the GCS answers, which
+# shows that the network lets the stranger through and only the token keeps it out.
+GCS_NODES = """
+import grpc, json, sys
+from ray.core.generated import gcs_service_pb2
+token = open(sys.argv[2]).read().strip()
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    reply = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetAllNodeInfo")(
+        b"", timeout=10, metadata=[("authorization", "Bearer " + token)])
+nodes = gcs_service_pb2.GetAllNodeInfoReply.FromString(reply).node_info_list
+print(json.dumps(sorted([n.node_manager_address, "ALIVE" if n.state == 0 else "DEAD"] for n in nodes)))
+"""
+
+
+def test_a_stranger_without_the_token_cannot_join_submit_or_get_an_answer(held_cluster):
+    """rgh3 reaches every port of the job (same networks) but has no token: its Ray node cannot
+    join, its driver cannot connect, and no listening port of the job, on either host, answers
+    it; the dashboard is off. With the token the same host gets answers (the control)."""
+    head = held_cluster["head"]["address"]
+    try:
+        joins = py_on(STRANGER, STRANGER_JOIN, head, timeout=200)
+        for name, r in joins.items():
+            assert r["rc"] not in (0, None) and r["refused_for_token"], f"{name}: {r}"
+    finally:
+        kill_host_processes(STRANGER, spare=set())
+
+    listeners = {h: py_on(h, LISTENERS) for h in (HEAD, WORKER)}
+    targets, blocks = [], {}
+    for rec in held_cluster["records"]:
+        lo, hi = rec["ports"]
+        blocks[rec["host"]] = (lo, hi)
+        for sock in listeners[rec["host"]]:
+            if set(sock["comms"]) & {"slurmd", "slurmstepd", "srun"}:
+                continue  # Slurm's own (munge-authenticated), not Ray's
+            assert lo <= sock["port"] <= hi, f"{rec['host']}: {sock} listens outside the job's block {lo}-{hi}"
+            if sock["addr"].startswith("127.") or sock["addr"] == "::1":
+                continue  # not reachable from another host
+            addrs = [HOSTS[rec["host"]]["ip"], HOSTS[rec["host"]]["data_ip"]]
+            targets += [f"{a}:{sock['port']}" for a in addrs if sock["addr"] in ("*", "0.0.0.0", "::", a)]
+    head_lo = blocks[HEAD][0]
+    dashboard = NodeLayout(slot=0, base=head_lo, worker_ports=0, temp_dir="").dashboard
+    assert not [s for s in listeners[HEAD] if s["port"] in (dashboard, 8265)], "a dashboard is listening"
+    assert f"{HOSTS[HEAD]['data_ip']}:{head_lo}" in targets  # the GCS is among them
+
+    probe = py_on(STRANGER, PORT_PROBE, *targets, timeout=300)
+    print(f"\n{len(targets)} listening addresses of job {held_cluster['job_id']} x {probe['methods']} gRPC methods "
+          f"from {STRANGER} without a token: " + "; ".join(
+              f"{t} {sorted(r['grpc'])} http {r['http']}" for t, r in probe["ports"].items()))
+    for target, r in probe["ports"].items():
+        answered = set(r["grpc"]) - {"UNAUTHENTICATED", "UNIMPLEMENTED", "UNAVAILABLE"}
+        assert not answered, f"{target} answered without the token: {r}"
+        assert r["http"] not in range(200, 400), f"{target} answered HTTP GET / with {r['http']}"
+        # reached and refused on the token (gRPC) or on the missing credentials (HTTP 401)
+        assert "UNAUTHENTICATED" in r["grpc"] or r["http"] == 401, f"{target}: never refused for the token: {r}"
+
+    nodes = py_on(STRANGER, GCS_NODES, head, held_cluster["rendezvous"] / "token")
+    assert nodes == sorted([[HOSTS[HEAD]["data_ip"], "ALIVE"], [HOSTS[WORKER]["data_ip"], "ALIVE"]]), nodes
