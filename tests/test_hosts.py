@@ -110,10 +110,11 @@ def kill_host_processes(host: str, spare: set[str]) -> list[str]:
     raise AssertionError(f"processes of {host} survive SIGKILL: {host_processes(host)}")
 
 
-def assert_nothing_left(run_dir: Path, job_id: str) -> None:
+def assert_nothing_left(run_dir: Path, job_id: str, killed: str | None = None) -> None:
     """After the job: the compute hosts run nothing but slurmd (no task, no Ray process, no
     slurmstepd; waited for, as Slurm tears the step down), and every task's temp dir is gone
-    from its own host's /tmp."""
+    from its own host's /tmp, except on a host whose task was KILLED (SIGKILL leaves no chance to
+    clean up; the next start of the same job there removes it)."""
     deadline = time.time() + 30
     left = {}
     while time.time() < deadline:
@@ -126,6 +127,8 @@ def assert_nothing_left(run_dir: Path, job_id: str) -> None:
     assert records, f"no node records of job {job_id}"
     for path in records:
         rec = json.loads(path.read_text())  # the host's /tmp is LAB/host/HOST/tmp here
+        if rec["host"] == killed:
+            continue
         local = LAB / "host" / rec["host"] / "tmp" / Path(rec["temp_dir"]).relative_to("/tmp")
         assert not local.exists(), f"{path}: temp dir {rec['temp_dir']} left on {rec['host']}"
 
@@ -416,3 +419,77 @@ def test_a_stranger_without_the_token_cannot_join_submit_or_get_an_answer(held_c
 
     nodes = py_on(STRANGER, GCS_NODES, head, held_cluster["rendezvous"] / "token")
     assert nodes == sorted([[HOSTS[HEAD]["data_ip"], "ALIVE"], [HOSTS[WORKER]["data_ip"], "ALIVE"]]), nodes
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's host loses the job's processes mid-sweep
+# ---------------------------------------------------------------------------------------------
+
+# 4 tiny CPU trials, one per Ray node at a time (each node has 1 CPU): long enough (~15 s each) for
+# a trial on the worker to be killed mid-way, after some of its checkpoints.
+KILL_GRID = """\
+# 4 tiny CPU trials of 2,000 steps, two at a time: one on each host of cluster/dev-hosts.yaml
+name: hosts-kill
+base:
+  task: {p: 11, n_id: 8, n_ood: 16, n_examples: 8}
+  model: {width: 32, heads: 2}
+  train: {steps: 2000, batch_size: 32, lr: 3.0e-3, warmup_steps: 30, weight_decay: 0.1}
+  eval: {every: 200, batches: 2}
+  checkpoint: {every: 200}
+  runtime: {device: cpu, log_every: 200}
+axes:
+  model.depth: [1, 2]
+seeds: 2
+resources: {cpu: 1, gpu: 0}
+run: {max_concurrent: 2, max_failures: 2}
+"""
+KILL_AT_STEP = 400  # two checkpoints in
+
+
+def test_worker_host_killed_mid_sweep_its_trials_resume_on_the_head_host(run_dir):
+    """Every process of the job on rgh2 (the Slurm task and its Ray node with a running trial) is
+    SIGKILLed at once, as when the OOM killer or a crash takes them (slurmd and slurmstepd survive,
+    as they do then). Ray declares the node dead, Tune retries the trial, which continues on rgh1
+    from its last checkpoint; the sweep completes with every trial exactly once."""
+    grid = run_dir.parent / f"{run_dir.name}.yaml"  # shared: the login node does not see our /tmp
+    grid.write_text(KILL_GRID)
+    t0 = time.time()
+    res = ray_grok("launch", grid, "--cluster", PROFILE, "--out", run_dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    job_id = submitted_job_id(res.stdout)
+
+    victim: dict[str, Any] = {}
+
+    def worker_trial_checkpointed() -> bool:
+        if not (run_dir / "plan.json").exists():
+            return False
+        for tid, d in trial_dirs(run_dir).items():
+            tried = attempts(d)
+            status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
+            if tried and tried[-1][0] == WORKER and status.get("state") == "running" \
+                    and status.get("step", 0) >= KILL_AT_STEP:
+                victim.update(trial=tid, dir=d, step=status["step"])
+                return True
+        return False
+
+    wait_until(worker_trial_checkpointed, 240, f"a trial on {WORKER} to reach step {KILL_AT_STEP}", job_id)
+    t_kill = time.time()
+    killed = kill_host_processes(WORKER, spare={"slurmd", "slurmstepd"})
+    print(f"\njob {job_id}: killed {len(killed)} processes on {WORKER} {sorted(set(killed))} "
+          f"{t_kill - t0:.0f} s after launch, trial {victim['trial']} at step {victim['step']}")
+    assert {"raylet", "python"} <= set(killed) or {"raylet", "python3"} <= set(killed), killed
+
+    wait_until(lambda: not in_queue(job_id), 300, "the sweep to finish on the head's host", job_id)
+    print(f"job {job_id}: sweep over {time.time() - t_kill:.0f} s after the kill, {time.time() - t0:.0f} s in all")
+    log = (run_dir / f"slurm/{job_id}/{job_id}_0_log.out").read_text()
+    assert "Ray cluster up: 2 nodes" in log
+    tried = attempts(victim["dir"])
+    assert tried[0][0] == WORKER and tried[-1][0] == HEAD, tried
+    assert tried[-1][1] >= KILL_AT_STEP, f"the retry did not continue from a checkpoint: {tried}"
+    late = [tid for tid, d in trial_dirs(run_dir).items() if (d / "attempts.json").exists()
+            and json.loads((d / "attempts.json").read_text())["last_start"] > t_kill]
+    assert victim["trial"] in late
+    for tid in late:
+        assert attempts(trial_dirs(run_dir)[tid])[-1][0] == HEAD, tid  # the dead host gets no more work
+    assert_every_trial_once(run_dir)
+    assert_nothing_left(run_dir, job_id, killed=WORKER)
