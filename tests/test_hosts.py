@@ -493,3 +493,99 @@ def test_worker_host_killed_mid_sweep_its_trials_resume_on_the_head_host(run_dir
         assert attempts(trial_dirs(run_dir)[tid])[-1][0] == HEAD, tid  # the dead host gets no more work
     assert_every_trial_once(run_dir)
     assert_nothing_left(run_dir, job_id, killed=WORKER)
+
+
+# ---------------------------------------------------------------------------------------------
+# The time limit: requeue and resume with two hosts
+# ---------------------------------------------------------------------------------------------
+
+# As tests/test_slurm_dev.py's time-limit test (its comments explain the sizes): a real 2-minute
+# limit, the warning 45 s before it, 8 trials of 4,000 steps two at a time, so the warning lands
+# mid-sweep. That test lets the job requeue until the sweep is done (3-5 starts, more on a busy
+# machine); this one checks one full cycle across two hosts and then, to bound its time, raises
+# the requeued job's limit (as an administrator can) so that its second start finishes the sweep.
+TIME_LIMIT_GRID = """\
+# 8 tiny CPU trials of 4,000 steps, two at a time: a sweep that the time limit interrupts midway
+name: hosts-time-limit
+base:
+  task: {p: 11, n_ood: 16, n_examples: 8}
+  model: {width: 32, heads: 2}
+  train: {steps: 4000, batch_size: 32, lr: 3.0e-3, warmup_steps: 30, weight_decay: 0.1}
+  eval: {every: 250, batches: 2}
+  checkpoint: {every: 250}
+  runtime: {device: cpu, log_every: 250}
+axes:
+  model.depth: [1, 2]
+  task.n_id: [8, 16]
+seeds: 2
+resources: {cpu: 1, gpu: 0}
+run: {max_concurrent: 2, max_failures: 1}
+"""
+TIME_LIMIT = {"time": "'2'", "signal_delay_s": "45", "max_requeues": "4"}
+
+
+def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
+    """Slurm warns the job (USR2) mid-sweep; task 0 on rgh1 stops the driver (Tune saves its
+    state), requeues the job and every task stops its Ray node; the job starts again on both hosts
+    with a fresh rendezvous, forms a 2-node cluster again and resumes the sweep to its end: no
+    trial lost or run twice, a trial once done never written again, nothing left behind."""
+    grid = run_dir.parent / f"{run_dir.name}.yaml"
+    grid.write_text(TIME_LIMIT_GRID)
+    profile = run_dir.parent / f"{run_dir.name}.profile.yaml"
+    text = PROFILE.read_text()
+    for key, value in TIME_LIMIT.items():
+        text, n = re.subn(rf"(?m)^{key}: .*$", f"{key}: {value}", text)
+        assert n == 1, key
+    profile.write_text(text)
+    t0 = time.time()
+    res = ray_grok("launch", grid, "--cluster", profile, "--out", run_dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    job_id = submitted_job_id(res.stdout)
+    log_path = run_dir / f"slurm/{job_id}/{job_id}_0_log.out"
+    done_at: dict[str, float] = {}  # trial -> mtime of its metrics when first seen done
+    at_requeue: dict[str, tuple[bool, int]] = {}  # trial -> (done, step) when the requeue is in the log
+
+    def watch() -> bool:
+        if (run_dir / "plan.json").exists():
+            dirs = trial_dirs(run_dir)
+            status = {tid: _status(d) for tid, d in dirs.items()}
+            for tid, d in dirs.items():
+                if status[tid].get("state") == "done":
+                    done_at.setdefault(tid, (d / "metrics.parquet").stat().st_mtime)
+            if not at_requeue and log_path.exists() and "Requeued job" in log_path.read_text():
+                at_requeue.update({t: (st.get("state") == "done", st.get("step", 0)) for t, st in status.items()})
+                raised = on_host(LOGIN, "scontrol", "update", f"JobId={job_id}", "TimeLimit=15")
+                assert raised.returncode == 0, raised.stderr
+        return not in_queue(job_id)
+
+    wait_until(watch, 420, "the job to requeue at its time limit and finish the sweep", job_id)
+    log = log_path.read_text()
+    starts = log.count("Starting with JobEnvironment")
+    requeues = log.count("Requeued job")
+    ups = re.findall(r"Ray cluster up: (\d+) nodes", log)
+    print(f"\njob {job_id}: {requeues} requeue(s), {starts} starts, Ray cluster up {ups} nodes; at the requeue "
+          f"(done, step) per trial: {sorted(at_requeue.values())}; sweep complete {time.time() - t0:.0f} s after submission")
+    assert (requeues, starts) == (1, 2), log
+    assert "Job has timed out" in log and "Calling checkpoint method" in log, log
+    # warned mid-sweep: training had begun and was not over (on a busy machine no trial may be done yet)
+    assert any(step > 0 for _, step in at_requeue.values()) and not all(d for d, _ in at_requeue.values()), at_requeue
+    assert ups == ["2"] * starts  # every start spans both hosts again
+    for restart in range(starts):
+        rdir = run_dir / f"slurm/{job_id}/ray.{restart}"
+        assert [json.loads((rdir / f"node.{r}.json").read_text())["host"] for r in (0, 1)] == [HEAD, WORKER]
+    assert_every_trial_once(run_dir)
+    for tid, d in trial_dirs(run_dir).items():
+        if tid in done_at:  # finished before a requeue: not run again
+            assert (d / "metrics.parquet").stat().st_mtime == done_at[tid], tid
+        done, step = at_requeue[tid]
+        if not done and step >= 250:  # interrupted after a checkpoint: continued from it, not from 0
+            assert attempts(d)[-1][1] > 0, (tid, attempts(d))
+    assert_nothing_left(run_dir, job_id)
+
+
+def _status(trial_dir: Path) -> dict:
+    path = trial_dir / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not there yet
+        return {}
