@@ -63,7 +63,10 @@ for h in "${HOSTS[@]}"; do init_alive "$h" && up=$((up + 1)); done
 if [ "$up" = "${#HOSTS[@]}" ] && [ -s "$LAB/hosts.json" ]; then
   say "already up (${HOSTS[*]}); stop with $HERE/hosts-down.sh"; exit 0
 fi
-if [ "$up" != 0 ] || ip netns list | grep -qw "$SW"; then
+if [ "$up" != 0 ] || ip netns list 2>/dev/null | grep -qw "$SW"; then
+  # the namespace names are fixed: leftovers of this LAB are torn down, another LAB's are not touched
+  ls "$LAB"/run/*.init >/dev/null 2>&1 \
+    || fail "network namespaces of test hosts exist but $LAB has no record of them: another LAB's? (stop them with LAB=... $HERE/hosts-down.sh)"
   say "partly up: tearing down first"; LAB=$LAB bash "$HERE/hosts-down.sh"
 fi
 rm -rf "$LAB"/run "$LAB"/log "$LAB"/slurm "$LAB"/munge "$LAB"/host "$LAB"/etc-hosts "$LAB"/failed "$LAB"/hosts.json
