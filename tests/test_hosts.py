@@ -92,12 +92,29 @@ def host_processes(host: str) -> dict[int, str]:
     return found
 
 
-def kill_host_processes(host: str, spare: set[str]) -> list[str]:
-    """SIGKILL every process of HOST whose command is not in SPARE, in rounds until none is left
-    (a dying Ray node may still spawn one); returns the commands killed."""
+def job_processes(host: str, job_id: str | None) -> dict[int, str]:
+    """Processes of HOST (all of them, or only those of Slurm job JOB_ID: every process a job's
+    task starts, Ray's included, inherits SLURM_JOB_ID; slurmd and slurmstepd do not)."""
+    found = host_processes(host)
+    if job_id is None:
+        return found
+    want = f"SLURM_JOB_ID={job_id}".encode()
+    mine = {}
+    for pid, comm in found.items():
+        try:
+            if want in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                mine[pid] = comm
+        except OSError:
+            continue
+    return mine
+
+
+def kill_host_processes(host: str, job_id: str | None = None) -> list[str]:
+    """SIGKILL every process of HOST (or of job JOB_ID on it), in rounds until none is left (a
+    dying Ray node may still spawn one); returns the commands killed."""
     killed: list[str] = []
     for _ in range(20):
-        victims = {pid: comm for pid, comm in host_processes(host).items() if comm not in spare}
+        victims = job_processes(host, job_id)
         if not victims:
             return killed
         for pid, comm in victims.items():
@@ -107,7 +124,7 @@ def kill_host_processes(host: str, spare: set[str]) -> list[str]:
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
-    raise AssertionError(f"processes of {host} survive SIGKILL: {host_processes(host)}")
+    raise AssertionError(f"processes of {host} survive SIGKILL: {job_processes(host, job_id)}")
 
 
 def assert_nothing_left(run_dir: Path, job_id: str, killed: str | None = None) -> None:
@@ -222,7 +239,8 @@ def test_smoke_grid_runs_on_a_ray_cluster_across_two_hosts(run_dir):
     assert f"[ray-grok task 1/2 on {WORKER}] joining the Ray head at {HOSTS[HEAD]['data_ip']}:" in logs[1]
     hosts = {tid: {h for h, _ in attempts(d)} for tid, d in trial_dirs(run_dir).items()}
     on_each = {h: sum(h in hs for hs in hosts.values()) for h in (HEAD, WORKER)}
-    print(f"\njob {job_id}: smoke grid across {HEAD} and {WORKER} in {time.time() - t0:.0f} s; trials per host {on_each}")
+    print(f"\njob {job_id}: smoke grid across {HEAD} and {WORKER} in {time.time() - t0:.0f} s; "
+          f"trials per host {on_each}")
     assert all(on_each.values()), f"trials ran on one host only: {on_each}"
     assert set().union(*hosts.values()) == {HEAD, WORKER}
     assert_every_trial_once(run_dir)
@@ -241,44 +259,10 @@ from ray_grok.cluster.profiles import load_profile
 from ray_grok.cluster.slurm import submit
 run_dir, profile, hold_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 run_dir.mkdir(parents=True, exist_ok=True)
-job = submit(load_profile(profile), run_dir, functools.partial(probe_driver, out=str(run_dir / "probe.jsonl"), hold_s=hold_s))
+driver = functools.partial(probe_driver, out=str(run_dir / "probe.jsonl"), hold_s=hold_s)
+job = submit(load_profile(profile), run_dir, driver)
 print(json.dumps(job.job_id))
 """
-
-
-@pytest.fixture(scope="module")
-def held_cluster():
-    """A 2-host job whose driver probes its Ray cluster (a task on each node), then holds it up
-    until it is cancelled; afterwards nothing of it may be left on either host."""
-    run_dir = LAB / "shared/tests/held_cluster"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    job_id = py_on(LOGIN, SUBMIT_PROBE, run_dir, PROFILE, 300)
-    out = run_dir / "probe.jsonl"
-    wait_until(lambda: out.exists() and out.read_text().strip(), 150, "the probe job's Ray cluster", job_id)
-    rdir = run_dir / f"slurm/{job_id}/ray.0"
-    yield {"job_id": job_id, "run_dir": run_dir, "rendezvous": rdir,
-           "report": json.loads(out.read_text().splitlines()[0]), "head": json.loads((rdir / "head.json").read_text()),
-           "records": [json.loads((rdir / f"node.{rank}.json").read_text()) for rank in (0, 1)]}
-    on_host(LOGIN, "scancel", job_id)
-    wait_until(lambda: not in_queue(job_id), 90, "the probe job to end")
-    assert_nothing_left(run_dir, job_id)
-
-
-def test_ray_interface_picks_the_data_network_and_the_head_advertises_it(held_cluster):
-    """Host names resolve to the management network (eth0), the profile names data0: the head
-    publishes its data0 address, both Ray nodes announce their hosts' data0 addresses (never
-    loopback), and a task ran on each host."""
-    head_ip, worker_ip = HOSTS[HEAD]["data_ip"], HOSTS[WORKER]["data_ip"]
-    head = held_cluster["head"]
-    assert (head["host"], head["address"].rsplit(":", 1)[0]) == (HEAD, head_ip)
-    assert held_cluster["report"]["address"] == head["address"]
-    assert held_cluster["report"]["node_ips"] == sorted([head_ip, worker_ip])  # what Ray itself lists
-    assert held_cluster["report"]["task_hosts"] == [HEAD, WORKER]
-    assert [(r["host"], r["ip"]) for r in held_cluster["records"]] == [(HEAD, head_ip), (WORKER, worker_ip)]
-    # the choice is ray.interface's: on the head's host, without it the address would be eth0's
-    chosen = py_on(HEAD, "import json; from ray_grok.cluster.layout import node_ip; "
-                         "print(json.dumps([node_ip('data0', multi_node=True), node_ip(None, multi_node=True)]))")
-    assert chosen == [head_ip, HOSTS[HEAD]["ip"]]
 
 
 LISTENERS = """
@@ -376,49 +360,87 @@ print(json.dumps(sorted([n.node_manager_address, "ALIVE" if n.state == 0 else "D
 """
 
 
-def test_a_stranger_without_the_token_cannot_join_submit_or_get_an_answer(held_cluster):
-    """rgh3 reaches every port of the job (same networks) but has no token: its Ray node cannot
-    join, its driver cannot connect, and no listening port of the job, on either host, answers
-    it; the dashboard is off. With the token the same host gets answers (the control)."""
-    head = held_cluster["head"]["address"]
-    try:
-        joins = py_on(STRANGER, STRANGER_JOIN, head, timeout=200)
-        for name, r in joins.items():
-            assert r["rc"] not in (0, None) and r["refused_for_token"], f"{name}: {r}"
-    finally:
-        kill_host_processes(STRANGER, spare=set())
+@pytest.fixture(scope="class")
+def held_cluster():
+    """A 2-host job whose driver probes its Ray cluster (a task on each node), then holds it up
+    until the tests of TestOneHeldJob are done; then it is cancelled, and nothing of it may be
+    left on either host (before any other test's job starts)."""
+    run_dir = LAB / "shared/tests/held_cluster"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    job_id = py_on(LOGIN, SUBMIT_PROBE, run_dir, PROFILE, 300)
+    out = run_dir / "probe.jsonl"
+    wait_until(lambda: out.exists() and out.read_text().strip(), 150, "the probe job's Ray cluster", job_id)
+    rdir = run_dir / f"slurm/{job_id}/ray.0"
+    yield {"job_id": job_id, "run_dir": run_dir, "rendezvous": rdir,
+           "report": json.loads(out.read_text().splitlines()[0]), "head": json.loads((rdir / "head.json").read_text()),
+           "records": [json.loads((rdir / f"node.{rank}.json").read_text()) for rank in (0, 1)]}
+    on_host(LOGIN, "scancel", job_id)
+    wait_until(lambda: not in_queue(job_id), 90, "the probe job to end")
+    assert_nothing_left(run_dir, job_id)
 
-    listeners = {h: py_on(h, LISTENERS) for h in (HEAD, WORKER)}
-    targets, blocks = [], {}
-    for rec in held_cluster["records"]:
-        lo, hi = rec["ports"]
-        blocks[rec["host"]] = (lo, hi)
-        for sock in listeners[rec["host"]]:
-            if set(sock["comms"]) & {"slurmd", "slurmstepd", "srun"}:
-                continue  # Slurm's own (munge-authenticated), not Ray's
-            assert lo <= sock["port"] <= hi, f"{rec['host']}: {sock} listens outside the job's block {lo}-{hi}"
-            if sock["addr"].startswith("127.") or sock["addr"] == "::1":
-                continue  # not reachable from another host
-            addrs = [HOSTS[rec["host"]]["ip"], HOSTS[rec["host"]]["data_ip"]]
-            targets += [f"{a}:{sock['port']}" for a in addrs if sock["addr"] in ("*", "0.0.0.0", "::", a)]
-    head_lo = blocks[HEAD][0]
-    dashboard = NodeLayout(slot=0, base=head_lo, worker_ports=0, temp_dir="").dashboard
-    assert not [s for s in listeners[HEAD] if s["port"] in (dashboard, 8265)], "a dashboard is listening"
-    assert f"{HOSTS[HEAD]['data_ip']}:{head_lo}" in targets  # the GCS is among them
 
-    probe = py_on(STRANGER, PORT_PROBE, *targets, timeout=300)
-    print(f"\n{len(targets)} listening addresses of job {held_cluster['job_id']} x {probe['methods']} gRPC methods "
-          f"from {STRANGER} without a token: " + "; ".join(
-              f"{t} {sorted(r['grpc'])} http {r['http']}" for t, r in probe["ports"].items()))
-    for target, r in probe["ports"].items():
-        answered = set(r["grpc"]) - {"UNAUTHENTICATED", "UNIMPLEMENTED", "UNAVAILABLE"}
-        assert not answered, f"{target} answered without the token: {r}"
-        assert r["http"] not in range(200, 400), f"{target} answered HTTP GET / with {r['http']}"
-        # reached and refused on the token (gRPC) or on the missing credentials (HTTP 401)
-        assert "UNAUTHENTICATED" in r["grpc"] or r["http"] == 401, f"{target}: never refused for the token: {r}"
+class TestOneHeldJob:
+    """Tests that look at one running job from the hosts (one job for both: it costs ~20 s)."""
 
-    nodes = py_on(STRANGER, GCS_NODES, head, held_cluster["rendezvous"] / "token")
-    assert nodes == sorted([[HOSTS[HEAD]["data_ip"], "ALIVE"], [HOSTS[WORKER]["data_ip"], "ALIVE"]]), nodes
+    def test_ray_interface_picks_the_data_network_and_the_head_advertises_it(self, held_cluster):
+        """Host names resolve to the management network (eth0), the profile names data0: the head
+        publishes its data0 address, both Ray nodes announce their hosts' data0 addresses (never
+        loopback), and a task ran on each host."""
+        head_ip, worker_ip = HOSTS[HEAD]["data_ip"], HOSTS[WORKER]["data_ip"]
+        head = held_cluster["head"]
+        assert (head["host"], head["address"].rsplit(":", 1)[0]) == (HEAD, head_ip)
+        assert held_cluster["report"]["address"] == head["address"]
+        assert held_cluster["report"]["node_ips"] == sorted([head_ip, worker_ip])  # what Ray itself lists
+        assert held_cluster["report"]["task_hosts"] == [HEAD, WORKER]
+        assert [(r["host"], r["ip"]) for r in held_cluster["records"]] == [(HEAD, head_ip), (WORKER, worker_ip)]
+        # the choice is ray.interface's: on the head's host, without it the address would be eth0's
+        chosen = py_on(HEAD, "import json; from ray_grok.cluster.layout import node_ip; "
+                             "print(json.dumps([node_ip('data0', multi_node=True), node_ip(None, multi_node=True)]))")
+        assert chosen == [head_ip, HOSTS[HEAD]["ip"]]
+
+    def test_a_stranger_without_the_token_cannot_join_submit_or_get_an_answer(self, held_cluster):
+        """rgh3 reaches every port of the job (same networks) but has no token: its Ray node cannot
+        join, its driver cannot connect, and no listening port of the job, on either host, answers
+        it; the dashboard is off. With the token the same host gets answers (the control)."""
+        head = held_cluster["head"]["address"]
+        try:
+            joins = py_on(STRANGER, STRANGER_JOIN, head, timeout=200)
+            for name, r in joins.items():
+                assert r["rc"] not in (0, None) and r["refused_for_token"], f"{name}: {r}"
+        finally:
+            kill_host_processes(STRANGER)
+
+        listeners = {h: py_on(h, LISTENERS) for h in (HEAD, WORKER)}
+        targets, blocks = [], {}
+        for rec in held_cluster["records"]:
+            lo, hi = rec["ports"]
+            blocks[rec["host"]] = (lo, hi)
+            for sock in listeners[rec["host"]]:
+                if set(sock["comms"]) & {"slurmd", "slurmstepd", "srun"}:
+                    continue  # Slurm's own (munge-authenticated), not Ray's
+                assert lo <= sock["port"] <= hi, f"{rec['host']}: {sock} listens outside the job's block {lo}-{hi}"
+                if sock["addr"].startswith("127.") or sock["addr"] == "::1":
+                    continue  # not reachable from another host
+                addrs = [HOSTS[rec["host"]]["ip"], HOSTS[rec["host"]]["data_ip"]]
+                targets += [f"{a}:{sock['port']}" for a in addrs if sock["addr"] in ("*", "0.0.0.0", "::", a)]
+        head_lo = blocks[HEAD][0]
+        dashboard = NodeLayout(slot=0, base=head_lo, worker_ports=0, temp_dir="").dashboard
+        assert not [s for s in listeners[HEAD] if s["port"] in (dashboard, 8265)], "a dashboard is listening"
+        assert f"{HOSTS[HEAD]['data_ip']}:{head_lo}" in targets  # the GCS is among them
+
+        probe = py_on(STRANGER, PORT_PROBE, *targets, timeout=300)
+        print(f"\n{len(targets)} listening addresses of job {held_cluster['job_id']} x {probe['methods']} gRPC methods "
+              f"from {STRANGER} without a token: " + "; ".join(
+                  f"{t} {sorted(r['grpc'])} http {r['http']}" for t, r in probe["ports"].items()))
+        for target, r in probe["ports"].items():
+            answered = set(r["grpc"]) - {"UNAUTHENTICATED", "UNIMPLEMENTED", "UNAVAILABLE"}
+            assert not answered, f"{target} answered without the token: {r}"
+            assert r["http"] not in range(200, 400), f"{target} answered HTTP GET / with {r['http']}"
+            # reached and refused on the token (gRPC) or on the missing credentials (HTTP 401)
+            assert "UNAUTHENTICATED" in r["grpc"] or r["http"] == 401, f"{target}: never refused for the token: {r}"
+
+        nodes = py_on(STRANGER, GCS_NODES, head, held_cluster["rendezvous"] / "token")
+        assert nodes == sorted([[HOSTS[HEAD]["data_ip"], "ALIVE"], [HOSTS[WORKER]["data_ip"], "ALIVE"]]), nodes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,8 +470,8 @@ KILL_AT_STEP = 400  # two checkpoints in
 
 def test_worker_host_killed_mid_sweep_its_trials_resume_on_the_head_host(run_dir):
     """Every process of the job on rgh2 (the Slurm task and its Ray node with a running trial) is
-    SIGKILLed at once, as when the OOM killer or a crash takes them (slurmd and slurmstepd survive,
-    as they do then). Ray declares the node dead, Tune retries the trial, which continues on rgh1
+    SIGKILLed at once, as when the OOM killer or a crash takes them (slurmd and slurmstepd, which
+    are Slurm's, survive, as they do then). Ray declares the node dead, Tune retries the trial, which continues on rgh1
     from its last checkpoint; the sweep completes with every trial exactly once."""
     grid = run_dir.parent / f"{run_dir.name}.yaml"  # shared: the login node does not see our /tmp
     grid.write_text(KILL_GRID)
@@ -474,7 +496,7 @@ def test_worker_host_killed_mid_sweep_its_trials_resume_on_the_head_host(run_dir
 
     wait_until(worker_trial_checkpointed, 240, f"a trial on {WORKER} to reach step {KILL_AT_STEP}", job_id)
     t_kill = time.time()
-    killed = kill_host_processes(WORKER, spare={"slurmd", "slurmstepd"})
+    killed = kill_host_processes(WORKER, job_id)
     print(f"\njob {job_id}: killed {len(killed)} processes on {WORKER} {sorted(set(killed))} "
           f"{t_kill - t0:.0f} s after launch, trial {victim['trial']} at step {victim['step']}")
     assert {"raylet", "python"} <= set(killed) or {"raylet", "python3"} <= set(killed), killed
@@ -564,7 +586,8 @@ def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
     requeues = log.count("Requeued job")
     ups = re.findall(r"Ray cluster up: (\d+) nodes", log)
     print(f"\njob {job_id}: {requeues} requeue(s), {starts} starts, Ray cluster up {ups} nodes; at the requeue "
-          f"(done, step) per trial: {sorted(at_requeue.values())}; sweep complete {time.time() - t0:.0f} s after submission")
+          f"(done, step) per trial: {sorted(at_requeue.values())}; sweep complete {time.time() - t0:.0f} s "
+          "after submission")
     assert (requeues, starts) == (1, 2), log
     assert "Job has timed out" in log and "Calling checkpoint method" in log, log
     # warned mid-sweep: training had begun and was not over (on a busy machine no trial may be done yet)
