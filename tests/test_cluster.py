@@ -52,6 +52,9 @@ def test_shipped_profiles_load():
     dev = load_profile(ROOT / "cluster/dev-slurm.yaml")
     assert (dev.nodes, dev.tasks_per_node, dev.num_tasks, dev.partition) == (1, 2, 2, "debug")
     assert os.path.isabs(dev.storage_root)
+    hosts = load_profile(ROOT / "cluster/dev-hosts.yaml")  # one task per host, Ray on the data network
+    assert (hosts.nodes, hosts.tasks_per_node, hosts.ray.interface) == (2, 1, "data0")
+    assert not hosts.storage_root.startswith("/tmp"), "each test host has its own /tmp"
 
 
 def test_every_profile_key_of_the_template_is_documented():
@@ -168,6 +171,7 @@ def test_a_profile_changed_in_python_is_checked_like_one_from_a_file():
 @pytest.mark.parametrize("profile, run_dir", [
     ("slurm-example", "/shared/runs/full"),
     ("dev-slurm", "/shared/runs/smoke"),
+    ("dev-hosts", "/var/tmp/ray-grok-hosts/shared/runs/smoke"),
 ])
 def test_sbatch_text_matches_golden(profile, run_dir):
     text = render_sbatch(load_profile(ROOT / f"cluster/{profile}.yaml"), Path(run_dir), python="python3")

@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,16 +146,17 @@ def probe_driver(cluster: RayCluster, out: str | None = None, hold_s: float = 0.
         nodes = [n for n in ray.nodes() if n["Alive"]]
 
         @ray.remote(num_cpus=0)
-        def where() -> tuple[str, int]:
-            return os.environ.get(ENV_MARK, ""), os.getpid()
+        def where() -> tuple[str, int, str]:
+            return os.environ.get(ENV_MARK, ""), os.getpid(), socket.gethostname()
 
         placements = ray.get([where.options(scheduling_strategy=ray.util.scheduling_strategies
                                             .NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
                               for n in nodes])
         report = {"address": cluster.address, "nodes_alive": len(nodes), "cpus": cluster.cpus, "gpus": cluster.gpus,
                   "job_id": cluster.job_id, "restart": cluster.restart,
-                  "task_markers": sorted(m for m, _ in placements),
-                  "task_pids": [p for _, p in placements], "connect_s": round(time.time() - t0, 2),
+                  "task_markers": sorted(m for m, _, _ in placements), "task_pids": [p for _, p, _ in placements],
+                  "task_hosts": sorted(h for _, _, h in placements),
+                  "node_ips": sorted(n["NodeManagerAddress"] for n in nodes), "connect_s": round(time.time() - t0, 2),
                   "auth_mode": os.environ.get("RAY_AUTH_MODE"),
                   "token_mode": oct(cluster.token_path.stat().st_mode & 0o777)}
         if out:
