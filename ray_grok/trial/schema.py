@@ -17,8 +17,9 @@ METRICS_FILE = "metrics.parquet"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
 
-# trial states written to status.json, and the state of a trial without one (it never started)
-RUNNING, DONE, FAILED = "running", "done", "failed"
+# trial states written to status.json (interrupted: stopped by Ctrl-C, resumable), and the state
+# of a trial without one (it never started)
+RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
 PENDING = "pending"
 
 # the four evaluation sets: pre-training (id) or held-out (ood) tasks, on train or test inputs
