@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the reference model beside this file
 
 from ray_grok.trial.config import load_config  # noqa: E402
+from ray_grok.trial.flops import model_flops_per_step  # noqa: E402
 from ray_grok.trial.run import build_parts, evaluate_all, forward_backward, optimizer_step  # noqa: E402
 
 CPU_CONFIGS = {
@@ -49,14 +50,6 @@ def timed(fn, device: torch.device, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def model_flops_per_step(cfg) -> float:
-    """6 * non-embedding params * tokens + causal attention (fwd+bwd), the usual MFU accounting."""
-    w, d, T, B = cfg.model.width, cfg.model.depth, cfg.seq_len, cfg.train.batch_size
-    dense = 6 * 12 * w * w * d * B * T
-    attention = 3 * 2 * 2 * B * d * T * T * w / 2  # QK^T and AV, causal half, x3 for backward
-    return dense + attention
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -66,7 +59,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 def measure(name: str, overrides: list[str], steps: int, reference: bool) -> dict:
     cfg = load_config(None, overrides)
-    parts = build_parts(cfg)
+    parts = build_parts(cfg, auto_threads=0)  # runtime.threads 0: torch's default, every core
     dev = parts.device
     for s in range(3):  # warm-up (and compilation, when on)
         forward_backward(parts, parts.sampler.next())

@@ -117,6 +117,10 @@ def set_callbacks(tuner: Any, callbacks: list) -> None:
 
 
 TUNE_RESULTS_LOGGER = "ray.tune.analysis.experiment_analysis"  # warns per trial without result.json
+# tune.run's logger: after Ctrl-C it advises "Resume experiment with: Tuner.restore(...)", which
+# is not how a ray-grok sweep resumes (the same `ray-grok launch` command does)
+TUNE_RUN_LOGGER = "ray.tune.tune"
+TUNE_RESUME_ADVICE = ("Resume experiment with", "Resume training with")
 
 
 def unreadable_tune_state(experiment: Path) -> str | None:

@@ -271,8 +271,10 @@ def hold_lock(path: str | Path, role: str, busy: Callable[[dict[str, Any]], Exce
 # ---------------------------------------------------------------------------------------------
 
 def format_duration(seconds: float | None) -> str:
-    """'4m05s' under an hour, '2h17m' above; '?' when unknown."""
+    """'4m05s' under an hour, '2h17m' under two days, '94 days' above; '?' when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
     s = int(seconds)
+    if s >= 2 * 86400:
+        return f"{s / 86400:,.0f} days"
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

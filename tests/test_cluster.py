@@ -67,9 +67,9 @@ def test_every_profile_key_of_the_template_is_documented():
 
 @pytest.mark.parametrize("text, message", [
     ("kind: slurm\nstorage_root: /x\nnodez: 2\n",
-     "unknown key nodez for kind slurm; valid keys: kind, storage_root, partition"),
+     "unknown key nodez for kind slurm (did you mean nodes?); valid keys: kind, storage_root, partition"),
     ("kind: slurm\nstorage_root: /x\nray: {port: 1}\n",
-     "unknown key ray.port in the ray section; valid keys: ray.object_store_mb, ray.port_base"),
+     "unknown key ray.port in the ray section (did you mean ray.port_base?); valid keys: ray.object_store_mb, ray.port_base"),
     ("kind: local\nnodes: 2\n", "unknown key nodes for kind local; valid keys: kind, storage_root"),
     ("kind: pbs\n", "kind must be one of ['local', 'slurm'], got 'pbs'"),
     ("kind: slurm\n", "storage_root must be set: an absolute path on a file system every node sees, got ''"),

@@ -5,6 +5,8 @@ The fast tests take the lock in this process (a flock is per open file, so a sec
 same process conflicts like another process would); the slow ones start two real commands."""
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import json
 import os
@@ -47,8 +49,9 @@ def write_grid(tmp_path: Path, **changes) -> Path:
 
 @pytest.fixture
 def no_fit(monkeypatch) -> list:
-    """launch() without Ray: Tuner.fit is replaced by a note that it was reached."""
+    """launch() without Ray: Ray's start is skipped and Tuner.fit is replaced by a note that it was reached."""
     calls: list = []
+    monkeypatch.setattr(launch_module, "_ray", lambda spec: contextlib.nullcontext({}))
     monkeypatch.setattr(launch_module, "_fit", lambda launch, echo: calls.append(launch.run_dir) or {})
     return calls
 

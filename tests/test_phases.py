@@ -319,3 +319,51 @@ def test_time_point_changes_lists_the_cells_another_time_point_moves(run_dir):
     assert f"--time final instead of auto: {len(og)} of 49 cells change phase" in result.output
     assert "--time best instead of auto: 0 of 49 cells change phase" in result.output
     assert "model.depth 6, task.n_id 512, task.alpha 0.8: OG -> OM" in result.output
+
+
+# ---- every non-seed axis keys the cell ----
+
+def two_rule_trials() -> pd.DataFrame:
+    """2 seeds x 2 task rules of one depth-6 cell and one other: under the rectangular rule the
+    cell (6, 512, 0.6) generalizes o.o.d., under the random rule it only memorizes."""
+    rect = trials_frame([trial(n_id=n, seed=s, best="ood generalization") for n in (256, 512) for s in (0, 1)])
+    rand = trials_frame([trial(n_id=n, seed=s, best="id memorization") for n in (256, 512) for s in (0, 1)])
+    rand = rand.assign(**{"task.rule": "random", "trial_id": "rand_" + rand["trial_id"]})
+    return pd.concat([rect, rand], ignore_index=True)
+
+
+def test_another_axis_keys_the_cell_instead_of_adding_seeds():
+    table = phase_table(two_rule_trials())
+    assert list(table.columns[:4]) == ["task.rule", "model.depth", "task.n_id", "task.alpha"]
+    assert len(table) == 4 and set(table["n_seeds"]) == {2}  # 2 seeds of each rule, never "4 seeds"
+    by_rule = table.set_index(["task.rule", "task.n_id"])["phase"]
+    assert by_rule[("rectangular", 512)] == "ood generalization"
+    assert by_rule[("random", 512)] == "id memorization"
+    assert set(table["agreement"]) == {1.0}  # pooled, the two rules would tie 2/4
+    for rule, phase in (("random", "id memorization"), ("rectangular", "ood generalization")):
+        assert find_cell(table, Cell(6, 512, 0.6, (("task.rule", rule),)))["phase"] == phase
+
+
+def test_seed_and_runtime_keys_never_key_a_cell():
+    trials = fig1b_depth6_trials(seeds=2)
+    trials["runtime.threads"] = trials["seed"] + 1  # a runtime setting that differs by trial
+    table = phase_table(trials)
+    assert list(table.columns[:3]) == ["model.depth", "task.n_id", "task.alpha"] and len(table) == 49
+
+
+def test_text_output_has_a_block_per_rule_and_depth_with_the_runs_chance():
+    text = format_phase_table(phase_table(two_rule_trials()), PhaseRule())
+    assert "rule random, depth 6: 2 cells, 0 missing" in text
+    assert "rule rectangular, depth 6: 2 cells, 0 missing" in text
+    assert "chance (1/p) is 0.034 for p = 29" in text.splitlines()[0]
+
+
+def test_phases_command_csv_has_the_other_axis_as_a_column(tmp_path):
+    (tmp_path / "results").mkdir()
+    two_rule_trials().to_parquet(tmp_path / "results" / "trials")
+    csv = tmp_path / "phases.csv"
+    result = CliRunner().invoke(main, ["phases", str(tmp_path), "--csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(csv)
+    assert set(written["task.rule"]) == {"random", "rectangular"} and set(written["n_seeds"]) == {2}
+    assert written["chance"].round(4).tolist() == [round(1 / 29, 4)] * 4

@@ -12,18 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 
 from ray_grok.cli import main
 from ray_grok.trial.schema import SETS
 from ray_grok.errors import PhaseError
 from ray_grok.results.phases import PHASES, Cell, PhaseRule, phase_table
-from ray_grok.results.figures import (
-    PHASE_STYLE, curve_columns, default_cells, kshot_figure, phase_diagram_figure, training_figure,
-    transience_figure,
+from ray_grok.results.curve_figures import (
+    curve_columns, default_cells, kshot_figure, training_figure, transience_figure,
 )
+from ray_grok.results.figures import PHASE_STYLE, phase_diagram_figure
 from ray_grok.results.schema import CURVES_SCHEMA
-from ray_grok.results.plots import figures, log_phase_diagrams, phase_diagram_images, plot_all
+from ray_grok.results.plots import DPI, IMAGE_DPI, figures, log_phase_diagrams, phase_diagram_images, plot_all
 from synthetic import curves_frame, fig1b_depth6_trials, trial, trials_frame
 
 RULE = PhaseRule()
@@ -57,13 +58,14 @@ def test_every_figure_has_its_panels_and_states_the_rule(sweep):
     trials, curves = sweep
     cells = [Cell(6, 256, 0.6), Cell(2, 512, 0.3)]
     figs = figures(trials, curves, RULE, cells)
-    assert list(figs) == ["phases_depth2", "phases_depth6", "accuracy", "transience", "kshot", "training"]
+    assert list(figs) == ["phases", "phases_depth2", "phases_depth6", "accuracy", "transience", "kshot", "training"]
+    assert [ax.get_title() for ax in visible_axes(figs["phases"])] == ["depth 2", "depth 6"]  # side by side
     assert len(visible_axes(figs["transience"])) == 2  # one panel per depth
     assert len(visible_axes(figs["phases_depth6"])) == 1
     assert len(visible_axes(figs["accuracy"])) == 2 * len(SETS) + 1  # depth x set panels + colour bar
     assert len(visible_axes(figs["kshot"])) == len(visible_axes(figs["training"])) == len(cells)
-    for name, fig in figs.items():
-        assert RULE.describe() in fig.get_suptitle(), name
+    for name, fig in figs.items():  # the subtitle is wrapped to the figure's width
+        assert " ".join(RULE.describe().split()) in " ".join(fig.get_suptitle().split()), name
 
 
 def test_transience_figure_draws_peak_and_final_per_alpha_from_the_trials(sweep):
@@ -136,7 +138,8 @@ def test_plot_all_writes_real_pngs(sweep, tmp_path):
     trials, curves = sweep
     paths = plot_all(trials, curves, tmp_path / "plots", RULE, cells=[Cell(6, 512, 0.8)])
     assert sorted(p.name for p in paths) == sorted(
-        ["phases_depth2.png", "phases_depth6.png", "accuracy.png", "transience.png", "kshot.png", "training.png"])
+        ["phases.png", "phases_depth2.png", "phases_depth6.png", "accuracy.png", "transience.png", "kshot.png",
+         "training.png"])
     for path in paths:
         image = mpimg.imread(path)
         height, width = image.shape[:2]
@@ -152,7 +155,7 @@ def test_plot_all_other_formats(sweep, tmp_path, fmt, magic):
     trials, curves = sweep
     d6 = trials["model.depth"] == 6
     paths = plot_all(trials[d6], curves, tmp_path, RULE, fmt=fmt, cells=[])
-    assert [p.suffix for p in paths] == [f".{fmt}"] * 3  # phases_depth6, accuracy, transience; no cells
+    assert [p.suffix for p in paths] == [f".{fmt}"] * 4  # phases, phases_depth6, accuracy, transience; no cells
     for path in paths:
         assert path.read_bytes().startswith(magic) and path.stat().st_size > 10_000
 
@@ -208,7 +211,7 @@ def test_plot_command_writes_figures(run_dir):
                                            "--time", "final"])
     assert result.exit_code == 0, result.output
     printed = result.output.split()
-    assert len(printed) == 6 and all(p.startswith(str(run_dir / "plots")) for p in printed)
+    assert len(printed) == 7 and all(p.startswith(str(run_dir / "plots")) for p in printed)
     assert all(p.endswith(".svg") for p in printed)
     svg = (run_dir / "plots" / "phases_depth6.svg").read_text()
     assert html.escape(PhaseRule(time="final").describe(), quote=False) in svg  # text kept as text
@@ -221,3 +224,101 @@ def test_plot_command_errors(run_dir, tmp_path_factory):
     assert unknown.exit_code == 1 and "not in the grid" in unknown.output
     empty = CliRunner().invoke(main, ["plot", str(tmp_path_factory.mktemp("empty"))])
     assert empty.exit_code == 1 and "ray-grok aggregate" in empty.output
+
+
+# ---- layout: every figure at its real size, no text on another, none outside ----
+
+def drawn_texts(fig, dpi: float) -> list:
+    """(label, window extent) of every text the renderer draws: titles, axis and tick labels
+    (ticks in view only), annotations, legends, colour-bar labels."""
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [fig._suptitle, fig._supxlabel, fig._supylabel, *fig.texts]
+    for legend in fig.legends:
+        texts += [legend.get_title(), *legend.get_texts()]
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend():
+            texts += [ax.get_legend().get_title(), *ax.get_legend().get_texts()]
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks():
+                if lo - slack <= tick.get_loc() <= hi + slack:
+                    texts += [tick.label1, tick.label2]
+    unique = list({id(t): t for t in texts if t is not None}.values())  # fig.texts holds the suptitle too
+    shown = [t for t in unique if t.get_visible() and t.get_text().strip()]
+    return [(t.get_text().replace("\n", " ")[:40], t.get_window_extent(renderer)) for t in shown]
+
+
+def layout_problems(fig, dpi: float) -> list[str]:
+    texts = drawn_texts(fig, dpi)
+    width, height = fig.get_size_inches() * dpi
+    problems = [f"{name!r} leaves the figure" for name, box in texts
+                if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1]
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1:]:
+            inner = box_b.padded(-1)  # texts that merely touch are fine
+            if inner.width > 0 and inner.height > 0 and box_a.overlaps(inner):
+                problems.append(f"{a!r} overlaps {b!r}")
+    return problems
+
+
+def smoke_shaped_sweep() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The smoke grid's shape: depth {1, 2} x n_id {4, 16} x alpha {0.4, 0.7} x 2 rules x 2 seeds,
+    p = 7: two diagrams per depth."""
+    specs = [trial(depth=d, n_id=n, alpha=a, seed=s, best="id memorization" if n == 4 else "not fitted")
+             for d in (1, 2) for n in (4, 16) for a in (0.4, 0.7) for s in (0, 1)]
+    rect = trials_frame(specs, p=7, n_examples=8, steps=400)
+    rand = rect.assign(**{"task.rule": "random", "trial_id": "rand_" + rect["trial_id"]})
+    trials = pd.concat([rect, rand], ignore_index=True)
+    return trials, curves_frame(trials, n_evals=9)
+
+
+@pytest.mark.parametrize("shape", ["paper", "smoke"])
+def test_every_figure_lays_out_its_texts_without_overlap_at_its_real_size(sweep, shape):
+    """The figures as `ray-grok plot` saves them (DPI) and as TensorBoard shows the diagrams
+    (IMAGE_DPI): in accuracy.png the panel titles of neighbouring heat maps once ran into each
+    other and the rows' y-labels overlapped."""
+    trials, curves = sweep if shape == "paper" else smoke_shaped_sweep()
+    figs = figures(trials, curves, RULE)
+    assert len(figs) >= 6
+    for name, fig in figs.items():
+        for dpi in (DPI, IMAGE_DPI) if name.startswith("phases") else (DPI,):
+            assert not layout_problems(fig, dpi), f"{shape} {name}.png at {dpi} dpi: {layout_problems(fig, dpi)}"
+
+
+def test_the_layout_check_sees_overlapping_titles():
+    """The check itself can fail: two long titles on narrow neighbouring panels overlap."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 2))
+    for ax in fig.subplots(1, 2):
+        ax.set_title("a panel title far longer than its panel is wide")
+    assert any("overlaps" in p for p in layout_problems(fig, DPI))
+
+
+def test_a_sweep_with_another_axis_gets_a_diagram_per_value_everywhere(tmp_path):
+    trials, curves = smoke_shaped_sweep()
+    figs = figures(trials, curves, RULE)
+    diagrams = [f"phases_rule-{r}_depth{d}" for r in ("random", "rectangular") for d in (1, 2)]
+    assert list(figs)[:5] == ["phases", *diagrams]
+    assert [ax.get_title() for ax in visible_axes(figs["phases"])] == [
+        f"rule {r}, depth {d}" for r in ("random", "rectangular") for d in (1, 2)]
+    assert len(visible_axes(figs["accuracy"])) == 4 * len(SETS) + 1  # a row per (rule, depth)
+    assert len(visible_axes(figs["transience"])) == 4
+    assert len(visible_axes(figs["kshot"])) == 4  # per diagram its best cell, never pooled
+    assert all("rule " in ax.get_title() and "(2 seeds)" in ax.get_title() for ax in visible_axes(figs["kshot"]))
+    assert "rule random, depth 1" in figs["phases_rule-random_depth1"].get_suptitle()
+    assert "chance (1/p) is 0.143 for p = 7" in figs["phases_rule-random_depth1"].get_suptitle()
+    tags = log_phase_diagrams(trials, tmp_path, step=1, rule=RULE)
+    assert tags == [f"phases/rule={r}/depth={d}" for r in ("random", "rectangular") for d in (1, 2)]
+    one = figures(trials, curves, RULE, cells=[Cell(2, 4, 0.7)])  # a cell without its rule: one per rule
+    assert [ax.get_title().split(" (")[0] for ax in visible_axes(one["kshot"])] == [
+        "rule random, depth 2, n_id 4, alpha 0.7", "rule rectangular, depth 2, n_id 4, alpha 0.7"]
+    with pytest.raises(PhaseError, match=r"vary in \['task.rule'\] too"):
+        kshot_figure(trials, RULE, [Cell(2, 4, 0.7)])

@@ -119,8 +119,9 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
 
 
 def documented_names(start: str, end: str) -> list[str]:
-    """The `quoted` names of the README text from START to END, `{set}` expanded over the sets it lists."""
-    text = (ROOT / "README.md").read_text()
+    """The `quoted` names of the docs (trial.md: the trial directory; sweeps.md: the results tables)
+    from START to END, `{set}` expanded over the sets it lists."""
+    text = "\n".join((ROOT / "docs" / name).read_text() for name in ("trial.md", "sweeps.md"))
     text = text[text.index(start):text.index(end, text.index(start))]
     names = re.findall(r"`([^`]+)`", text)[1:]  # the first is the file or table itself
     sets = re.search(r"for each set in ([\w, ]+):", text)
@@ -129,7 +130,7 @@ def documented_names(start: str, end: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_tables_have_the_columns_the_readme_documents(run_dir):
+def test_the_tables_have_the_columns_the_docs_document(run_dir):
     aggregate(run_dir)
     metrics = documented_names("| `metrics.parquet` |", "\n")
     real_metrics = pq.read_schema(run_dir / read_plan(run_dir).entries[0].dir / "metrics.parquet").names

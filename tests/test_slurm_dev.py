@@ -147,25 +147,35 @@ def _log_time(line: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def slurm_record(job_id: str) -> dict[str, str]:
+    """What slurmctld records of a job (`scontrol show job`, kept MinJobAge = 300 s after it ends)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
 def test_time_limit_signal_requeues_the_job_and_it_starts_again(run_dir):
     """A 1-minute limit with the warning 30 s before it (Slurm may send it up to 60 s early, so it
     can come at any point of a start): task 0 checkpoints, requeues, the job starts again with a
-    fresh rendezvous; with max_requeues=1 the second warning ends it. Nothing is left behind."""
+    fresh rendezvous; with max_requeues=1 the second warning ends it. Nothing is left behind.
+
+    The requeue is asserted on what Slurm records (its restart count, the final state), not on
+    submitit's "Requeued job" log line: on a busy machine the requeue can kill the task before
+    that line is written."""
     out = run_dir / "probe.jsonl"
     profile = dev_profile(time="1", signal_delay_s=30, max_requeues=1)
     t0 = time.time()
     job = submit(profile, run_dir, functools.partial(probe_driver, out=str(out), hold_s=600))
     wait_until(lambda: not in_queue(job.job_id), 300, "the job to be requeued once and end", job.job_id)
-    log = (run_dir / f"slurm/{job.job_id}/{job.job_id}_0_log.out").read_text().splitlines()
-    starts = [_log_time(line) for line in log if "Starting with JobEnvironment" in line]
-    requeued = [_log_time(line) for line in log if "Requeued job" in line]
-    assert len(starts) == 2 and len(requeued) == 1, "\n".join(log)
-    assert any("not requeued because: timed-out too many times" in line for line in log)
-    assert any("Calling checkpoint method" in line for line in log)
-    for restart in (0, 1):
+    record = slurm_record(job.job_id)
+    log = (run_dir / f"slurm/{job.job_id}/{job.job_id}_0_log.out").read_text()
+    assert record.get("Restarts") == "1", f"{record}\n{log}"  # requeued once, by the checkpoint
+    assert record.get("JobState") == "TIMEOUT", f"{record}\n{log}"  # the second limit ended it
+    assert "Calling checkpoint method" in log
+    for restart in (0, 1):  # each start ran the bootstrap, with its own rendezvous
         assert (rendezvous_dir(run_dir, job.job_id, restart) / "node.0.json").exists()
-    print(f"\njob {job.job_id}: requeued {requeued[0] - starts[0]:.0f} s after it started, started again "
-          f"{starts[1] - requeued[0]:.1f} s after the requeue; all over in {time.time() - t0:.0f} s")
+    assert not rendezvous_dir(run_dir, job.job_id, 2).exists()
+    print(f"\njob {job.job_id}: {record.get('Restarts')} restart, ended {record.get('JobState')}; "
+          f"all over in {time.time() - t0:.0f} s")
     assert_no_process_left(run_dir, job.job_id)
 
 

@@ -96,9 +96,9 @@ def test_smoke_grid_end_to_end(tmp_path):
     mux.AddRunsFromDirectory(str(out))
     mux.Reload()
     assert set(mux.Runs()) == {e.dir for e in plan.entries} | {LIVE_TB_DIR}
-    assert "trials/depth=1/n_id=8/alpha=0.4/rule=rectangular/seed=0" in mux.Runs()
+    assert "trials/depth=1/n_id=4/alpha=0.4/rule=rectangular/seed=0" in mux.Runs()
     assert set(mux.PluginRunToTagToContent("hparams")) == {e.dir for e in plan.entries}
-    live = mux.Images(LIVE_TB_DIR, "phases/depth=2")
+    live = mux.Images(LIVE_TB_DIR, "phases/rule=random/depth=2")  # the rule axis: a diagram per rule
     assert live[-1].step == 32 and live[-1].width > 200  # the last diagram has every trial
     assert len({i.step for i in live}) >= 2  # and it filled in while the sweep ran
 
@@ -202,6 +202,57 @@ def test_killed_sweep_resumes_without_retraining_finished_trials(tmp_path):
     # an interrupted trial continued from its own checkpoint
     logs = "".join((d / "train.log").read_text() for d in dirs.values())
     assert "from step" in logs and "resuming" in logs
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C, and a grid that cannot run here
+# ---------------------------------------------------------------------------------------------
+
+def test_ctrl_c_stops_the_sweep_with_ray_groks_resume_advice_only(tmp_path):
+    """SIGINT to the driver's process group, as a terminal's Ctrl-C sends it: the driver stops,
+    says the same command resumes, and Tune's own advice (Tuner.restore) is not shown; the
+    interrupted trials say so in their status.json, and the same command then finishes them."""
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 800},
+            "eval": {"every": 100, "batches": 1}, "checkpoint": {"every": 100}}
+    grid = write_grid(tmp_path / "intr.yaml", base=base, axes={"model.depth": [1, 2], "task.n_id": [4, 8]})
+    out = tmp_path / "run"
+    driver = run_driver(grid, out)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (out / "plan.json").exists() and any(s["state"] == "running" and s["step"] >= 100
+                                                for s in statuses(out).values()):
+            break
+        assert driver.poll() is None, driver.stdout.read()
+    else:
+        pytest.fail("no trial got to step 100 within 120 s")
+    os.killpg(driver.pid, signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    reap_session(driver.pid)
+    assert driver.returncode == 1, output
+    assert "Tuner.restore" not in output and "Resume experiment" not in output, output
+    assert "trials unfinished: the same command resumes the sweep" in output, output
+    st = sweep_status(out)
+    assert st.counts["interrupted"] >= 1 and "resume with" in format_status(st)
+    again = run_driver(grid, out)
+    output, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, output
+    assert f"the phase diagrams: ray-grok phases {out}" in output
+    assert {s["state"] for s in statuses(out).values()} == {"done"}
+    reap_session(again.pid)
+
+
+def test_a_grid_that_cannot_run_here_is_refused_before_anything_is_written(tmp_path):
+    """As grids/full.yaml (a GPU per trial) on a machine without GPUs: the run directory is not
+    even created (it used to be refused after writing every trial's directory)."""
+    base = {**TINY_BASE, "runtime": {**TINY_BASE["runtime"], "device": "auto"}}
+    grid = write_grid(tmp_path / "gpus.yaml", base=base, axes={"model.depth": [1, 2]}, resources={"cpu": 1, "gpu": 64})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "each trial asks for 1 CPU and 64 GPU (resources), but the Ray on this machine has 2 CPUs" in result.output
+    assert "nothing was written" in result.output and "Traceback" not in result.output
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,3 +221,38 @@ def test_patience_stops_early_and_keeps_the_best(tmp_path, monkeypatch):
     assert torch.load(tmp_path / "checkpoints" / LATEST, weights_only=True)["step"] == 50
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "done" and status["early_stopped"] is True
+
+
+def test_banner_and_first_step_time_come_before_any_progress_line(tmp_path):
+    messages: list[str] = []
+    run_trial(tiny_config("train.steps=30", "eval.every=10", "runtime.log_every=10"), tmp_path, echo=messages.append)
+    banner, first = messages[0], messages[1]
+    assert banner.startswith("device cpu with 1 thread | ") and " parameters | 30 steps of 64 rows" in banner
+    assert "4 evaluations (every 10 steps)" in banner
+    assert first.startswith("step 1 took ") and "29 steps and 4 evaluations left take about" in first
+    assert messages[2].startswith("step 10/30") and not any("warning" in m for m in messages)
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_the_same_command_resumes_it(tmp_path, reference):
+    """SIGINT (Ctrl-C): status.json says interrupted with the step to resume from, the message names
+    the command, no traceback; that command then ends bit-identical to an uninterrupted run."""
+    out = tmp_path / "trial"
+    proc = subprocess.Popen(train_cmd(out, *RESUME), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints" / PREVIOUS).exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the trial finished before it could be interrupted; make RESUME longer"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    status = json.loads((out / "status.json").read_text())
+    saved = torch.load(out / "checkpoints" / LATEST, weights_only=True)["step"]
+    assert status["state"] == "interrupted" and status["resume_step"] == saved and status["step"] >= saved
+    assert f"interrupted at step {status['step']:,} of 400" in stderr
+    assert f"continues from its last checkpoint, step {saved:,}: ray-grok train --out {out}" in stderr
+    assert "Traceback" not in stderr + stdout
+    done = subprocess.run(train_cmd(out, *RESUME), check=True, capture_output=True, text=True)
+    assert f"resuming {out} from step {saved}" in done.stdout
+    assert_same_as(out, reference)

@@ -56,11 +56,13 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
     from ..sweep.launch import launch  # imports Ray
 
     outcome = launch(plan, echo=click.echo)
+    run_dir = shlex.quote(str(outcome.run_dir))
     if outcome.unfinished:
-        raise click.ClickException(f"interrupted with {outcome.unfinished} trials unfinished: run the same "
-                                   "command to resume")
+        raise click.ClickException(f"interrupted with {outcome.unfinished} trials unfinished: the same command "
+                                   f"resumes the sweep, or `ray-grok launch --resume --out {run_dir}`")
     if outcome.errored:
-        raise click.ClickException(f"{outcome.errored} trials errored; see `ray-grok status {outcome.run_dir}`")
+        raise click.ClickException(f"{outcome.errored} trials errored; see `ray-grok status {run_dir}`")
+    click.echo(f"the phase diagrams: ray-grok phases {run_dir}; ray-grok plot {run_dir}")
 
 
 def _launch_on_slurm(profile, plan, wait: bool, dry_run: bool, gpu_tflops: float | None) -> None:

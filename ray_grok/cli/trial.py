@@ -1,6 +1,8 @@
 """`ray-grok train` and `ray-grok config`: one trial, and the keys of its config."""
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -24,13 +26,27 @@ def train(out: Path, config_file: Path | None, overrides: tuple[str, ...], no_te
 
     Example: ray-grok train --out runs/d2 --set model.depth=2 --set train.steps=20000
     """
-    from ..trial.trialdir import stored_config
+    from ..trial.trialdir import read_status, stored_config
 
     stored = stored_config(out)
     cfg = load_config(config_file, overrides, base=stored.to_dict() if stored else None)
-    from ..trial.run import run_trial  # torch (a second or more): only once the config is known to be good
+    try:
+        from ..trial.run import run_trial  # torch (a second or more): only once the config is known to be good
 
-    run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
+        run_trial(cfg, out, echo=click.echo, tensorboard=not no_tensorboard)
+    except KeyboardInterrupt:
+        click.echo(interrupted_message(out, read_status(out) or {}), err=True)
+        sys.exit(130)  # the shell's code for a SIGINT
+
+
+def interrupted_message(out: Path, status: dict) -> str:
+    """What Ctrl-C left (status.json says interrupted) and the command that resumes it."""
+    resume = int(status.get("resume_step", 0))
+    where = (f"continues from its last checkpoint, step {resume:,}" if resume
+             else "starts over (no checkpoint was saved yet)")
+    return (f"interrupted at step {int(status.get('step', 0)):,} of {int(status.get('steps', 0)):,}; "
+            f"{out}/status.json says interrupted. The same command {where}: "
+            f"ray-grok train --out {shlex.quote(str(out))}")
 
 
 @click.command("config")

@@ -29,7 +29,7 @@ from .. import compat
 from ..errors import ConfigError, ProfileError
 from ..sweep.rundir import Launch, resolve
 from ..io import UniqueKeyLoader, system_dir, yaml_error_line
-from ..trial.fields import CONTROL, Checked, coerce, describe, doc, internal
+from ..trial.fields import CONTROL, Checked, coerce, describe, doc, internal, suggest
 
 # Each task's Ray temp dir is ray.temp_root + TASK_TEMP_DIR (cluster/layout.py), and Ray's socket
 # paths under it must fit the AF_UNIX limit (compat.MAX_RAY_TEMP_DIR). With a 6-digit uid, an
@@ -87,8 +87,9 @@ class RaySettings(_ProfileSection):
 
     @classmethod
     def unknown_key(cls, name: str) -> str:
-        valid = ", ".join(k for k, _, _ in describe(cls))
-        return f"unknown key {cls.key(name)} in the ray section; valid keys: {valid}"
+        valid = [k for k, _, _ in describe(cls)]
+        return (f"unknown key {cls.key(name)} in the ray section{suggest(cls.key(name), valid)}; "
+                f"valid keys: {', '.join(valid)}")
 
     def check(self) -> None:
         self.need(self.object_store_mb >= 80, "object_store_mb", ">= 80 (Ray's minimum is 75 MiB)")
@@ -107,8 +108,8 @@ class _Profile(_ProfileSection):
     @classmethod
     def unknown_key(cls, name: str) -> str:
         kind = cls.__dataclass_fields__["kind"].default
-        return (f"unknown key {name} for kind {kind}; valid keys: "
-                f"{', '.join(k for k, _, _ in describe_profile_keys(kind))}")
+        valid = [k for k, _, _ in describe_profile_keys(kind)]
+        return f"unknown key {name} for kind {kind}{suggest(name, valid)}; valid keys: {', '.join(valid)}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,14 +4,15 @@ A trial is classified from four accuracies (id_train, id_test, ood_train, ood_te
 metric, at one time point, against one threshold: a `PhaseRule`. The paper states none of the three,
 so all three are configurable and every table and figure records the rule.
 
-A cell of the phase diagram is one (model.depth, task.n_id, task.alpha); its seeds vote and the
-table keeps the agreement, so a contested cell is visible instead of silently rounded.
+A cell of the phase diagram is one (model.depth, task.n_id, task.alpha) and one value of every
+other setting the trials vary in but the seed (cells.py); its seeds vote and the table keeps the
+agreement, so a contested cell is visible instead of silently rounded.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, NamedTuple, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ import pyarrow.parquet as pq
 
 from ..errors import MissingResultsError, PhaseError
 from ..trial.schema import DONE, SETS
+from .cells import (  # noqa: F401  (Cell, CELL_KEYS, in_cell, find_cell: the public names of this module too)
+    ALPHA_DECIMALS, CELL_KEYS, Cell, cell_keys, facets_text, find_cell, grid_index, in_cell, table_facets,
+)
 from .schema import RESULTS_DIR
 
 # Ordered from "learned least" to "learned most": majority-vote ties and the legend follow it.
@@ -32,9 +36,6 @@ ABBREVIATIONS = {
     "ood generalization": "OG",
     MISSING: "--",
 }
-CELL_KEYS = ("model.depth", "task.n_id", "task.alpha")
-# Grid alphas come from float arithmetic (0.1 * 3 = 0.30000000000000004); rounding merges them.
-ALPHA_DECIMALS = 6
 
 METRIC_TEXT = {
     "acc_last": "last-position accuracy",
@@ -45,17 +46,6 @@ TIME_TEXT = {
     "best": "at the early-stopping step (best checkpoint)",
     "final": "at the end of training",
 }
-
-
-class Cell(NamedTuple):
-    """One point of the phase diagram grid."""
-
-    depth: int
-    n_id: int
-    alpha: float
-
-    def label(self) -> str:
-        return f"depth {self.depth}, n_id {self.n_id}, alpha {self.alpha:g}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +65,8 @@ class PhaseRule:
     metric: Literal["acc_last", "acc"] = "acc_last"
     """acc_last: accuracy at the last z position (n_examples - 1 shots); acc: mean over all positions."""
     threshold: float = 0.5
-    """A set "fits" when its accuracy >= threshold; chance is 1/p (about 0.034 for p = 29)."""
+    """A set "fits" when its accuracy >= threshold; chance is 1/p (0.034 for p = 29, 0.091 for p = 11;
+    the phase table's `chance` column holds it for the run's p)."""
     time: Literal["auto", "best", "final"] = "auto"
     """best: columns best_* (early-stopping step); final: columns final_* (last evaluation);
     auto: best_* where best_ood_test fits, final_* elsewhere."""
@@ -159,31 +150,6 @@ def phase_slug(phase: str) -> str:
     return phase.replace(" ", "_")
 
 
-def cell_keys(trials: pd.DataFrame) -> pd.DataFrame:
-    """The three cell columns with clean types (Parquet partitions may turn them into categories)."""
-    _require_columns(trials, CELL_KEYS, "the trials table")
-    return pd.DataFrame({
-        "model.depth": pd.to_numeric(trials["model.depth"]).astype(int),
-        "task.n_id": pd.to_numeric(trials["task.n_id"]).astype(int),
-        "task.alpha": pd.to_numeric(trials["task.alpha"]).astype(float).round(ALPHA_DECIMALS),
-    }, index=trials.index)
-
-
-def _grid_index(keys: pd.DataFrame, grid: Mapping[str, Sequence[float]] | None) -> pd.MultiIndex:
-    """Every cell of the diagram: the product of the values of each key, given or observed."""
-    grid = dict(grid or {})
-    unknown = [k for k in grid if k not in CELL_KEYS]
-    if unknown:
-        raise PhaseError(f"grid keys must be among {list(CELL_KEYS)}, got {unknown}")
-    levels = []
-    for key in CELL_KEYS:
-        values = pd.Series(grid[key]) if key in grid else keys[key]
-        if key == "task.alpha":
-            values = values.astype(float).round(ALPHA_DECIMALS)
-        levels.append(sorted(set(values.tolist())))
-    return pd.MultiIndex.from_product(levels, names=list(CELL_KEYS))
-
-
 def _majority(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(phase, agreement, n_seeds) per row of a (cells, phases) count matrix.
 
@@ -204,21 +170,23 @@ def phase_table(
     rule: PhaseRule = PhaseRule(),
     grid: Mapping[str, Sequence[float]] | None = None,
 ) -> pd.DataFrame:
-    """One row per cell (model.depth, task.n_id, task.alpha) of the grid, sorted by the three keys.
+    """One row per cell of the grid, sorted by its keys: the facets (every other setting the trials
+    vary in but the seed, cells.facet_keys), then model.depth, task.n_id, task.alpha.
 
     Columns: the cell keys; `phase` (majority over the classified trials, or "missing" when the cell
     has none); `agreement` (majority share, NaN if missing); `n_seeds` (classified trials, one per
     seed in a normal sweep); `n_unclassified` (failed, unfinished or NaN trials); `n_{phase}` counts;
-    `acc_{set}` (mean over classified trials of the accuracy the rule reads); the rule itself
-    (`rule.metric`, `rule.threshold`, `rule.time`) so a saved table explains itself.
+    `acc_{set}` (mean over classified trials of the accuracy the rule reads); `chance` (1/task.p, the
+    accuracy of a guess); the rule itself (`rule.metric`, `rule.threshold`, `rule.time`) so a saved
+    table explains itself.
 
     The grid is the product of the observed values of each key unless `grid` gives some of them
     (e.g. the planned sweep), so cells without any trial are listed as missing, never dropped.
     """
     classified = classify_trials(trials, rule)
     keys = cell_keys(classified)
-    by_cell = [keys[k] for k in CELL_KEYS]
-    index = _grid_index(keys, grid)
+    by_cell = [keys[k] for k in keys.columns]
+    index = grid_index(keys, grid)
 
     counts = pd.get_dummies(classified["phase"]).astype(int).groupby(by_cell).sum()
     counts = counts.reindex(index=index, columns=list(PHASES), fill_value=0)
@@ -237,6 +205,9 @@ def phase_table(
         "n_unclassified": n_trials.to_numpy() - n_seeds,
     }, index=index)
     table = table.join(counts.set_axis([f"n_{phase_slug(p)}" for p in PHASES], axis=1)).join(acc)
+    if "task.p" in classified.columns:
+        chance = 1.0 / pd.to_numeric(classified["task.p"].astype(object)).astype(float)
+        table = table.join(chance.groupby(by_cell).mean().reindex(index).rename("chance"))
     table = table.assign(**{"rule.metric": rule.metric, "rule.threshold": rule.threshold,
                             "rule.time": rule.time})
     return table.reset_index()
@@ -282,23 +253,6 @@ def missing_cells(table: pd.DataFrame) -> int:
     return int((table["phase"] == MISSING).sum())
 
 
-def in_cell(frame: pd.DataFrame, cell: Cell) -> pd.Series:
-    """Boolean mask of the rows of a trials or phase table that belong to `cell`."""
-    keys = cell_keys(frame)
-    return ((keys["model.depth"] == cell.depth) & (keys["task.n_id"] == cell.n_id)
-            & (keys["task.alpha"] == round(cell.alpha, ALPHA_DECIMALS)))
-
-
-def find_cell(table: pd.DataFrame, cell: Cell) -> pd.Series:
-    """The phase-table row of one cell; PhaseError naming the valid values if it is not in the grid."""
-    hit = in_cell(table, cell)
-    if not hit.any():
-        keys = cell_keys(table)
-        valid = "; ".join(f"{k} in {sorted(set(keys[k].tolist()))}" for k in CELL_KEYS)
-        raise PhaseError(f"cell ({cell.label()}) is not in the grid; valid: {valid}")
-    return table.loc[hit].iloc[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # Text output for the terminal
 # ---------------------------------------------------------------------------------------------
@@ -324,15 +278,41 @@ def _text_grid(block: pd.DataFrame) -> list[str]:
     return lines
 
 
+def chance_text(table: pd.DataFrame) -> str:
+    """'chance (1/p) is 0.091 for p = 11' from a phase table's `chance` column ('' without one)."""
+    if "chance" not in table.columns:
+        return ""
+    chances = sorted({round(float(c), 9) for c in table["chance"].dropna()})
+    return ("chance (1/p) is " + ", ".join(f"{c:.3f} for p = {round(1 / c)}" for c in chances)) if chances else ""
+
+
+def diagrams(table: pd.DataFrame) -> list[tuple[tuple[tuple[str, object], ...], int, pd.DataFrame]]:
+    """The separate diagrams of a phase table: (facets as ((key, value), ...), depth, its cells),
+    sorted by facet values, then depth."""
+    facets = table_facets(table)
+    out = []
+    for key, block in table.groupby([*facets, "model.depth"], sort=True):
+        *values, depth = key if isinstance(key, tuple) else (key,)
+        out.append((tuple(zip(facets, values)), int(depth), block))
+    return out
+
+
+def diagram_title(facets: Sequence[tuple[str, object]], depth: int) -> str:
+    """'depth 2' or 'rule random, depth 2'."""
+    return ", ".join(filter(None, [facets_text(facets), f"depth {depth}"]))
+
+
 def format_phase_table(table: pd.DataFrame, rule: PhaseRule) -> str:
-    """Per depth: rows alpha (high to low, as in the figure), columns n_id, abbreviated phases.
+    """Per diagram (depth, and every facet value): rows alpha (high to low, as in the figure),
+    columns n_id, abbreviated phases.
 
     A cell reads e.g. "OG" or, when seeds disagree, "OG 2/3" (seeds agreeing / classified seeds).
     """
-    lines = [rule.describe(),
+    lines = [rule.describe() + (f"; {chance_text(table)}" if chance_text(table) else ""),
              "phases: " + ", ".join(f"{ABBREVIATIONS[p]} = {p}" for p in (*PHASES, MISSING))]
-    for depth, block in table.groupby("model.depth", sort=True):
-        lines += ["", f"depth {depth}: {len(block)} cells, {missing_cells(block)} missing", *_text_grid(block)]
+    for facets, depth, block in diagrams(table):
+        lines += ["", f"{diagram_title(facets, depth)}: {len(block)} cells, {missing_cells(block)} missing",
+                  *_text_grid(block)]
     lines += ["", f"missing cells: {missing_cells(table)} of {len(table)}; "
                   f"unclassified trials (failed, unfinished or NaN): {int(table['n_unclassified'].sum())}"]
     return "\n".join(lines)

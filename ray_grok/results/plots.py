@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -15,11 +16,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import PhaseError
-from .figures import (
-    accuracy_figure, cell_trials, chosen_cells, curve_columns, kshot_figure, phase_diagram_figure, training_figure,
-    transience_figure,
+from .curve_figures import (
+    cell_trials, chosen_cells, curve_columns, kshot_figure, training_figure, transience_figure,
 )
-from .phases import Cell, PhaseRule, phase_table, read_results
+from .figures import accuracy_figure, phase_diagram_figure, phases_figure
+from .phases import Cell, PhaseRule, diagrams, phase_table, read_results
 
 Format = Literal["png", "svg", "pdf"]
 FORMATS = ("png", "svg", "pdf")
@@ -40,8 +41,9 @@ def figures(
     if table.empty:
         raise PhaseError("the trials table has no trials to plot")
     cells = chosen_cells(table, cells)  # first: a bad cell fails before any drawing
-    depths = sorted(set(table["model.depth"]))
-    out = {f"phases_depth{d}": phase_diagram_figure(table, rule, d) for d in depths}
+    out = {"phases": phases_figure(table, rule)}
+    out.update({f"phases_{diagram_name(f, d, '_')}": phase_diagram_figure(table, rule, d, f)
+                for f, d, _ in diagrams(table)})
     out["accuracy"] = accuracy_figure(table, rule)
     if trials[f"peak_ood_test_{rule.metric}"].notna().any():
         out["transience"] = transience_figure(trials, rule)
@@ -59,8 +61,9 @@ def plot_all(
     fmt: Format = "png",
     cells: Sequence[Cell] | None = None,
 ) -> list[Path]:
-    """Write every figure to out_dir/{name}.{fmt} (phases_depth{d}, accuracy, transience, kshot,
-    training)."""
+    """Write every figure to out_dir/{name}.{fmt}: phases (every diagram side by side), phases_depth{d}
+    (phases_rule-random_depth{d} where the trials vary in another setting too), accuracy,
+    transience, kshot, training."""
     if fmt not in FORMATS:
         raise PhaseError(f"fmt must be one of {list(FORMATS)}, got {fmt!r}")
     out_dir = Path(out_dir)
@@ -93,6 +96,15 @@ def plot_run(
     return plot_all(trials, curves, Path(run_dir) / "plots" if out_dir is None else out_dir, rule, fmt, cells)
 
 
+def diagram_name(facets: Sequence[tuple[str, object]], depth: int, sep: str) -> str:
+    """'depth2' (sep '_') or 'depth=2' (sep '/'), facets first: 'rule-random_depth2', 'rule=random/depth=2'."""
+    eq = "=" if sep == "/" else "-"
+    parts = [f"{k.rsplit('.', 1)[-1]}{eq}{v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}{eq}{v}"
+             for k, v in facets]
+    name = sep.join([*parts, f"depth{'=' if sep == '/' else ''}{depth}"])
+    return re.sub(r"[^A-Za-z0-9._=/+-]", "_", name)
+
+
 def _to_rgb(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -100,13 +112,14 @@ def _to_rgb(fig: Figure) -> np.ndarray:
 
 
 def phase_diagram_images(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> dict[str, np.ndarray]:
-    """{"phases/depth=D": (H, W, 3) uint8 image} of every depth's phase diagram."""
+    """{"phases/depth=D": (H, W, 3) uint8 image} of every phase diagram ("phases/rule=random/depth=D"
+    where the trials vary in another setting too)."""
     table = phase_table(trials, rule)
     images = {}
-    for depth in sorted(set(table["model.depth"])):
-        fig = phase_diagram_figure(table, rule, depth)
+    for facets, depth, _ in diagrams(table):
+        fig = phase_diagram_figure(table, rule, depth, facets)
         fig.set_dpi(IMAGE_DPI)
-        images[f"phases/depth={depth}"] = _to_rgb(fig)
+        images[f"phases/{diagram_name(facets, depth, '/')}"] = _to_rgb(fig)
     return images
 
 

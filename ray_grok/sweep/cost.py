@@ -1,9 +1,8 @@
 """What a grid costs before it runs: model FLOPs per trial, and hours at a stated throughput.
 
-The FLOP count is the one `benchmarks/throughput.py` uses for MFU (dense 6 * 12 * width^2 * depth
-per token, plus causal attention), for training steps plus the evaluations (forward only, four
-sets of `eval.batches` batches every `eval.every` steps). Hours follow from an achieved model
-FLOP rate, which is an assumption and is printed with every estimate.
+The FLOP count is trial/flops.py's (the MFU accounting of `benchmarks/throughput.py`), for the
+training steps plus the evaluations. Hours follow from an achieved model FLOP rate, which is an
+assumption and is printed with every estimate.
 """
 from __future__ import annotations
 
@@ -11,37 +10,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from ..trial.config import TrialConfig
+from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
 from .grid import describe_axes
 
 if TYPE_CHECKING:
     from .rundir import Launch
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
-# this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops below)
+# this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops)
 # fit their 6-hour limit on one A100, so they reached at least 2.2e18 / 21,600 s = 1.0e14 FLOP/s.
 DEFAULT_GPU_TFLOPS = 100.0
 GPU_RATE_SOURCE = ("the rate the paper's runs imply (a depth-6 trial, 2.2e18 FLOPs, fit the authors' "
                    "6 h limit on one A100)")
-# Achieved model FLOP/s of the whole 2-core CI machine, measured by
-# `python benchmarks/throughput.py --configs A` (width 128, depth 2, batch 64): 91 GFLOP/s.
-# Tiny models run well below it, so CPU estimates are lower bounds.
-CPU_MACHINE_GFLOPS = 91.0
-CPU_MACHINE_CORES = 2
-
-
-def model_flops_per_step(cfg: TrialConfig) -> float:
-    """Forward + backward FLOPs of one training step (the MFU accounting of benchmarks/)."""
-    w, d, T, B = cfg.model.width, cfg.model.depth, cfg.seq_len, cfg.train.batch_size
-    dense = 6 * 12 * w * w * d * B * T
-    attention = 3 * 2 * 2 * B * d * T * T * w / 2  # QK^T and AV, causal half, x3 for backward
-    return dense + attention
-
-
-def trial_flops(cfg: TrialConfig) -> float:
-    step = model_flops_per_step(cfg)
-    evals = cfg.train.steps // cfg.eval.every + 2  # step 1, every eval.every, the end
-    eval_flops = evals * 4 * cfg.eval.batches * step / 3  # forward only: a third of a step per batch
-    return cfg.train.steps * step + eval_flops
 
 
 @dataclass(frozen=True)
@@ -77,10 +57,8 @@ def estimate(configs: Iterable[TrialConfig], gpus_per_trial: float, gpu_tflops: 
                 + "; measure yours with `python benchmarks/throughput.py` (model GFLOP/s) and pass "
                   "--gpu-tflops")
         return CostEstimate(len(configs), flops, seconds / 3600, 0.0, rate)
-    per_core = CPU_MACHINE_GFLOPS / CPU_MACHINE_CORES
-    seconds = flops / (per_core * 1e9)
-    rate = (f"{per_core:g} GFLOP/s per CPU core (benchmarks/throughput.py config A on a "
-            f"{CPU_MACHINE_CORES}-core machine); small models run slower, plus about a second of start-up per trial")
+    seconds = flops / (CPU_GFLOPS_PER_CORE * 1e9)
+    rate = f"{CPU_RATE_SOURCE}; small models run slower, plus about a second of start-up per trial"
     return CostEstimate(len(configs), flops, 0.0, seconds / 3600, rate)
 
 

@@ -33,7 +33,7 @@ import yaml
 from ..errors import ConfigError, GridError
 from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
-from ..trial.fields import Checked, describe, doc
+from ..trial.fields import Checked, describe, doc, suggest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +46,8 @@ class _GridSection(Checked):
     @classmethod
     def unknown_key(cls, name: str) -> str:
         listing = ", ".join(f"{k.split('.')[-1]} (default {d!r}: {h})" for k, d, h in describe(cls))
-        return f"unknown key {cls.key(name)}; valid keys: {listing}"
+        hint = suggest(cls.key(name), [k for k, _, _ in describe(cls)])
+        return f"unknown key {cls.key(name)}{hint}; valid keys: {listing}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +154,10 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
         fail(f"a grid must be a mapping with keys {', '.join(TOP_KEYS)}, got {type(data).__name__}")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        fail(f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+        hint = suggest(str(unknown[0]), TOP_KEYS)
+        if not hint and str(unknown[0]) in {k.split(".")[0] for k in VALID_KEYS}:
+            hint = f" (trial settings such as {unknown[0]}: go under base:)"
+        fail(f"unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(TOP_KEYS)}")
 
     name = data.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -171,7 +175,7 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
         fail(f"base.{exc}")
     for key in base:
         if key not in VALID_KEYS:
-            fail(f"unknown config key base.{key}; valid keys: {', '.join(VALID_KEYS)}")
+            fail(f"unknown config key base.{key}{suggest(key, VALID_KEYS)}; valid keys: {', '.join(VALID_KEYS)}")
 
     # the run section first: its max_trials bounds everything counted below, before it is built
     run = _section(RunSettings, data.get("run") or {}, fail)
@@ -182,7 +186,7 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
     axes = []
     for key, spec in axes_raw.items():
         if not isinstance(key, str) or key not in VALID_KEYS:
-            fail(f"unknown config key axes.{key}; valid keys: {', '.join(VALID_KEYS)}")
+            fail(f"unknown config key axes.{key}{suggest(str(key), VALID_KEYS)}; valid keys: {', '.join(VALID_KEYS)}")
         if key in base:
             fail(f"{key} is both in base ({base[key]!r}) and in axes: set it in one place")
         axes.append(Axis(key, _axis_values(key, spec, fail, run.max_trials)))

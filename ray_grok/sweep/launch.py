@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import __version__, compat
-from ..errors import DiskFullError, GridError, RunDirError, StateVersionError
+from ..errors import DiskFullError, RunDirError, StateVersionError
 from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
-from ..trial.schema import DONE, FAILED, PENDING, RUNNING
+from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
 from .callbacks import sweep_callbacks
+from ..results.plan import PLAN_FILE
+from .grid import GridSpec
 from .rundir import (
-    TUNE_DIR, TUNE_EXPERIMENT, Launch, disk_full_error, driver_alive, prepare, read_driver, read_plan, run_lock,
-    trial_states, write_driver,
+    TUNE_DIR, TUNE_EXPERIMENT, Launch, check_same_grid, disk_full_error, driver_alive, prepare, read_driver,
+    read_plan, run_lock, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_env, ray_session, scoped_env
 from .trainable import make_trainable
@@ -91,32 +93,41 @@ def check_no_other_driver(run_dir: Path) -> None:
 
 
 def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
+    """Nothing is written into RUN_DIR (but its lock) before the grid is known to be the stored one
+    (for a resume) and its trials are known to fit on the Ray it runs on."""
     t0 = time.time()
     spec, run_dir = launch.spec, launch.run_dir
     driver = read_driver(run_dir)
     check_tune_state(run_dir, driver)
-    resumed = prepare(run_dir, spec, launch.grid_text, launch.trials)
-    states = Counter(s.state for s in trial_states(run_dir))
-    echo(f"{'resuming' if resumed else 'launching'} {spec.name}: {len(launch.trials)} trials in {run_dir}"
-         + (f" ({states[DONE]} done, {states[FAILED]} errored, {states[RUNNING]} interrupted, "
-            f"{states[PENDING]} pending)" if resumed else ""))
+    existing = (run_dir / PLAN_FILE).exists()
+    if existing:
+        check_same_grid(run_dir, spec, launch.trials)
+    states = Counter(s.state for s in trial_states(run_dir)) if existing else Counter()
+    echo(f"{'resuming' if existing else 'launching'} {spec.name}: {len(launch.trials)} trials in {run_dir}"
+         + (f" ({states[DONE]} done, {states[FAILED]} errored, {states[RUNNING] + states[INTERRUPTED]} "
+            f"interrupted, {states[PENDING]} pending)" if existing else ""))
+    work = states[DONE] < len(launch.trials)
     try:
-        timing = _fit(launch, echo) if states[DONE] < len(launch.trials) else {}
+        with _ray(spec) if work else contextlib.nullcontext({}) as timing:  # checks that a trial fits
+            prepare(run_dir, spec, launch.grid_text, launch.trials)
+            try:
+                if work:
+                    timing.update(_fit(launch, echo))
+            finally:  # also when Ray or Tune fails: `status` must not report a live driver
+                counts = Counter(s.state for s in trial_states(run_dir))
+                unfinished = len(launch.trials) - counts[DONE] - counts[FAILED]
+                # the version of the driver that last ran Tune (its heartbeat wrote it) stays on record
+                version = read_driver(run_dir).get("version")
+                try:
+                    write_driver(run_dir, FINISHED if not unfinished else STOPPED, t0, counts=dict(counts),
+                                 **({"version": version} if version else {}))
+                except OSError as exc:  # a full disk must not hide what stopped the sweep
+                    if not disk_full(exc):
+                        raise
     except Exception as exc:
         if disk_full(exc) and not isinstance(exc, DiskFullError):  # Tune's own state, say
             raise disk_full_error(run_dir, disk_full_line(exc)) from None
         raise
-    finally:  # also when Ray or Tune fails: `status` must not report a live driver
-        counts = Counter(s.state for s in trial_states(run_dir))
-        unfinished = len(launch.trials) - counts[DONE] - counts[FAILED]
-        # the version of the driver that last ran Tune (its heartbeat wrote it) stays on record
-        version = read_driver(run_dir).get("version")
-        try:
-            write_driver(run_dir, FINISHED if not unfinished else STOPPED, t0, counts=dict(counts),
-                         **({"version": version} if version else {}))
-        except OSError as exc:  # a full disk must not hide what stopped the sweep
-            if not disk_full(exc):
-                raise
     try:
         summary = aggregate(run_dir)
     except OSError as exc:
@@ -127,7 +138,18 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     echo(f"{spec.name}: {counts[DONE]} done, {counts[FAILED]} errored, {unfinished} unfinished in "
          f"{format_duration(wall)}; results: {summary.path}/{{trials,curves}} ({summary.trials} trials, "
          f"{summary.curve_rows} curve rows)")
-    return SweepOutcome(run_dir, dict(counts), summary, wall, resumed, **timing)
+    return SweepOutcome(run_dir, dict(counts), summary, wall, existing, **timing)
+
+
+@contextlib.contextmanager
+def _ray(spec: GridSpec) -> Iterator[dict[str, float]]:
+    """The Ray the sweep runs on, with Tune's environment; GridError if not one trial fits on it.
+    Yields the timing dict that launch() reports (ray_start_s here, fit_s by _fit)."""
+    t0 = time.perf_counter()
+    with scoped_env(ray_env(spec)), ray_session(spec):
+        timing = {"ray_start_s": time.perf_counter() - t0}
+        concurrent_slots(spec)
+        yield timing
 
 
 def check_tune_state(run_dir: Path, driver: dict) -> None:
@@ -153,53 +175,66 @@ def tune_dirname(trial: Any) -> str:
 
 
 def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
+    """Tuner.fit (or Tuner.restore, then fit) over the plan's trials, on the Ray of _ray()."""
     from ray import tune
 
     spec, run_dir = launch.spec, launch.run_dir
     plan = read_plan(run_dir)
-    t0 = time.perf_counter()
-    with scoped_env(ray_env(spec)), ray_session(spec) as local:
-        ray_start = time.perf_counter() - t0
-        slots = concurrent_slots(spec)
-        if slots < 1:
-            raise GridError(f"{spec.source}: each trial asks for {spec.resources.cpu:g} CPU and "
-                            f"{spec.resources.gpu:g} GPU, more than this Ray cluster has "
-                            f"({'local machine' if local else os.environ.get('RAY_ADDRESS')})")
-        trainable = tune.with_resources(make_trainable(run_dir, {e.trial_id: e.dir for e in plan.entries},
-                                                       spec.resources.cpu), spec.resources.as_ray())
-        callbacks = sweep_callbacks(run_dir, echo)
-        experiment = run_dir / TUNE_DIR / TUNE_EXPERIMENT
-        if tune.Tuner.can_restore(experiment):
-            with _quiet_result_grid():
-                tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
-            compat.set_callbacks(tuner, callbacks)  # not the ones pickled at the first launch
-        else:
-            if experiment.exists():  # killed before Tune's first snapshot: nothing in it to keep
-                shutil.rmtree(experiment)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial_id": tune.grid_search(plan.ids)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=spec.run.max_concurrent or None,
-                    reuse_actors=True,  # a trial starts in a warm worker: no new process, no torch import
-                    trial_dirname_creator=tune_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_EXPERIMENT,
-                    storage_path=str(run_dir / TUNE_DIR),
-                    failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
-                    sync_config=tune.SyncConfig(sync_artifacts=False),
-                    verbose=0,  # the live view is ours (callbacks.LiveView)
-                    callbacks=callbacks,
-                ),
-            )
-        # Tune stages a placement group for every pending trial (200 by default): stage only
-        # what can start soon
-        t1 = time.perf_counter()
-        with scoped_env({"TUNE_MAX_PENDING_TRIALS_PG": str(max(1, slots))}), _quiet_result_grid():
-            tuner.fit()
-        return {"ray_start_s": ray_start, "fit_s": time.perf_counter() - t1}
+    slots = concurrent_slots(spec)
+    trainable = tune.with_resources(make_trainable(run_dir, {e.trial_id: e.dir for e in plan.entries},
+                                                   spec.resources.cpu), spec.resources.as_ray())
+    callbacks = sweep_callbacks(run_dir, echo)
+    experiment = run_dir / TUNE_DIR / TUNE_EXPERIMENT
+    if tune.Tuner.can_restore(experiment):
+        with _quiet_result_grid():
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        compat.set_callbacks(tuner, callbacks)  # not the ones pickled at the first launch
+    else:
+        if experiment.exists():  # killed before Tune's first snapshot: nothing in it to keep
+            shutil.rmtree(experiment)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(plan.ids)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.run.max_concurrent or None,
+                reuse_actors=True,  # a trial starts in a warm worker: no new process, no torch import
+                trial_dirname_creator=tune_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_EXPERIMENT,
+                storage_path=str(run_dir / TUNE_DIR),
+                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
+                sync_config=tune.SyncConfig(sync_artifacts=False),
+                verbose=0,  # the live view is ours (callbacks.LiveView)
+                callbacks=callbacks,
+            ),
+        )
+    # Tune stages a placement group for every pending trial (200 by default): stage only
+    # what can start soon
+    t1 = time.perf_counter()
+    with (scoped_env({"TUNE_MAX_PENDING_TRIALS_PG": str(max(1, slots))}), _quiet_result_grid(),
+          _no_tune_resume_advice()):
+        tuner.fit()
+    return {"fit_s": time.perf_counter() - t1}
+
+
+class _NoTuneResumeAdvice(logging.Filter):
+    """Drops Tune's own resume advice (Tuner.restore) after Ctrl-C: ray-grok's is the same launch
+    command, which the CLI prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(advice in record.getMessage() for advice in compat.TUNE_RESUME_ADVICE)
+
+
+@contextlib.contextmanager
+def _no_tune_resume_advice() -> Iterator[None]:
+    logger, quiet = logging.getLogger(compat.TUNE_RUN_LOGGER), _NoTuneResumeAdvice()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import secrets
 from typing import Iterator
 
 from .. import compat
-from ..errors import ConfigError
+from ..errors import ConfigError, GridError
 from ..io import private_dir
 from .grid import GridSpec
 
@@ -114,13 +114,22 @@ def ray_session(spec: GridSpec) -> Iterator[bool]:
 
 
 def concurrent_slots(spec: GridSpec) -> int:
-    """How many trials fit at once on the cluster, at most run.max_concurrent."""
+    """How many trials fit at once on the cluster, at most run.max_concurrent; GridError, before
+    anything is written, when not even one does."""
     import ray
 
     total = ray.cluster_resources()
-    slots = math.floor(total.get("CPU", 0) / spec.resources.cpu + 1e-9)
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    slots = math.floor(cpus / spec.resources.cpu + 1e-9)
     if spec.resources.gpu:
-        slots = min(slots, math.floor(total.get("GPU", 0) / spec.resources.gpu + 1e-9))
+        slots = min(slots, math.floor(gpus / spec.resources.gpu + 1e-9))
+    if slots < 1:
+        where = f"RAY_ADDRESS {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "this machine"
+        raise GridError(
+            f"{spec.source}: each trial asks for {spec.resources.cpu:g} CPU and {spec.resources.gpu:g} GPU "
+            f"(resources), but the Ray on {where} has {cpus:g} CPUs and {gpus:g} GPUs: no trial can run "
+            "here, and nothing was written. Run it where the GPUs are (on Slurm: --cluster PROFILE, "
+            "docs/slurm.md), or give a grid that fits (grids/smoke.yaml runs on any CPU)")
     if spec.run.max_concurrent:
         slots = min(slots, spec.run.max_concurrent)
     return slots

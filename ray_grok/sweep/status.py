@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..io import format_duration
 from ..results.plan import read_plan
-from ..trial.schema import DONE, FAILED, PENDING, RUNNING
+from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
 from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
 
-INTERRUPTED = "interrupted"  # status.json says running but no driver is alive
+# status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
 ERRORED = "errored"  # status.json says failed
 ORDER = (DONE, RUNNING, INTERRUPTED, PENDING, ERRORED)
 
@@ -49,7 +49,7 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
     def label(s: TrialState) -> str:
         if s.state == FAILED:
             return ERRORED
-        if s.state == RUNNING and not alive:
+        if s.state == INTERRUPTED or (s.state == RUNNING and not alive):
             return INTERRUPTED
         return s.state
 

@@ -39,14 +39,11 @@ def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float) -> Callable
 
 def run_one(out: Path, trial_id: str, cpus: float) -> None:
     """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log."""
-    import torch
     from ray import tune
 
     from ..trial.run import run_trial
 
     cfg = config_from_dict(read_json(out / CONFIG_FILE))
-    if cfg.runtime.threads == 0:  # torch would take every core of the machine, not Ray's share
-        torch.set_num_threads(max(1, int(cpus)))
     attempt = record_attempt(out)
     marker = tune.get_checkpoint()
     with open(out / LOG_FILE, "a", buffering=1) as logf:
@@ -72,8 +69,10 @@ def run_one(out: Path, trial_id: str, cpus: float) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
         try:
-            # a retried attempt may start while the worker of the one before still winds down
-            run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S)
+            # a retried attempt may start while the worker of the one before still winds down;
+            # runtime.threads 0 (auto): the CPUs Ray gave the trial, not every core of the machine
+            run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S,
+                      auto_threads=max(1, int(cpus)))
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):  # a full disk: the driver records it (FailureRecorder)

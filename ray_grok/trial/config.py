@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import UniqueKeyLoader, yaml_error_line
-from .fields import INT64_MAX, Checked, describe, doc
+from .fields import INT64_MAX, Checked, describe, doc, suggest
 from .schema import SCALAR_EVAL_COLUMNS
 
 
@@ -26,7 +26,7 @@ class _Section(Checked):
     @classmethod
     def unknown_key(cls, name: str) -> str:
         valid = [k for k in VALID_KEYS if k.startswith(f"{cls.SECTION}.")] or list(VALID_KEYS)
-        return f"unknown config key {cls.key(name)}; valid keys: {', '.join(valid)}"
+        return unknown_key_message(cls.key(name), valid)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +146,8 @@ class RuntimeConfig(_Section):
     device: str = doc("auto | cpu | cuda | cuda:N (auto = cuda if available)", "auto")
     compile: Literal["auto", "on", "off"] = doc("torch.compile the model (auto = on for CUDA only)", "auto")
     log_every: int = doc("print progress every this many steps", 100)
-    threads: int = doc("CPU threads for torch (0 = torch's default)", 0)
+    threads: int = doc("CPU threads for torch; 0 = auto: 1 for `ray-grok train`, resources.cpu in a sweep "
+                       "(more threads than idle cores slow a step down up to 10x: benchmarks/threads.py)", 0)
 
     def check(self) -> None:
         # ASCII digits only: str.isdigit() also takes '٣' and '²', which torch.device cannot read
@@ -248,6 +249,13 @@ def describe_keys() -> list[tuple[str, Any, str]]:
 
 
 VALID_KEYS = tuple(k for k, _, _ in describe_keys())
+# the top keys of a grid file (sweep/grid.py): a config file that has them is a grid given by mistake
+GRID_KEYS = {"base", "axes", "seeds", "resources", "run"}
+
+
+def unknown_key_message(key: str, valid: list[str] | tuple[str, ...] = VALID_KEYS) -> str:
+    """'unknown config key task.nid (did you mean task.n_id?); valid keys: ...'."""
+    return f"unknown config key {key}{suggest(key, VALID_KEYS)}; valid keys: {', '.join(valid)}"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -298,7 +306,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if key not in VALID_KEYS:
-        raise ConfigError(f"unknown config key {key}; valid keys: {', '.join(VALID_KEYS)}")
+        raise ConfigError(unknown_key_message(key))
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -320,12 +328,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        if GRID_KEYS & set(loaded) and not set(loaded) <= set(TrialConfig.__dataclass_fields__):
+            raise ConfigError(
+                f"{path} is a grid file (keys {', '.join(k for k in loaded if k in GRID_KEYS)}), not a trial "
+                f"config: run it with `ray-grok launch {path}`; its trial settings are the ones under "
+                "`base:` plus one value of each axis")
         try:
             flat = flatten(loaded)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         bad = [k for k in flat if k not in VALID_KEYS]
         if bad:
-            raise ConfigError(f"{path}: unknown config key {bad[0]}; valid keys: {', '.join(VALID_KEYS)}")
+            raise ConfigError(f"{path}: {unknown_key_message(bad[0])}")
         data = merge(data, flat)
     return config_from_dict(merge(data, dict(parse_override(o) for o in overrides)))

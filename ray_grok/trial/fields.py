@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import math
 import re
 import types
 import typing
-from typing import Any, Callable, ClassVar, Literal, Mapping, Union
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Union
 
 from ..errors import ConfigError
 
@@ -83,7 +84,17 @@ class Checked:
 
     @classmethod
     def unknown_key(cls, name: str) -> str:
-        return f"unknown key {cls.key(name)}; valid keys: {', '.join(k for k, _, _ in describe(cls))}"
+        valid = [k for k, _, _ in describe(cls)]
+        return f"unknown key {cls.key(name)}{suggest(cls.key(name), valid)}; valid keys: {', '.join(valid)}"
+
+
+def suggest(name: str, valid: Iterable[str]) -> str:
+    """' (did you mean task.n_id?)' when NAME is a near miss of one VALID key (same last component,
+    or a close spelling), else ''."""
+    valid = list(valid)
+    same_last = [v for v in valid if v.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]]
+    close = same_last if len(same_last) == 1 else difflib.get_close_matches(name, valid, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close and close[0] != name else ""
 
 
 def coerce(key: str, value: Any, hint: Any, error: type[ConfigError] = ConfigError) -> Any:

@@ -21,13 +21,16 @@ import torch.nn.functional as F
 from ..errors import ConfigError, NonFiniteLossError
 from ..io import format_duration, write_json
 from . import checkpoint as ckpt
+from . import console
 from .config import TrialConfig
 from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_sets
 from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
-from .schema import CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE
+from .schema import (
+    CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, INTERRUPTED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE,
+)
 from .trialdir import prepare_dir, read_status, trial_lock
 
 
@@ -51,6 +54,12 @@ class TrialResult:
 # ---------------------------------------------------------------------------------------------
 # Building the parts (shared with benchmarks/)
 # ---------------------------------------------------------------------------------------------
+
+# runtime.threads = 0 (auto) gives a trial of its own one thread: torch's default of every core
+# oversubscribes a busy machine, where a step then takes up to 10x longer (benchmarks/threads.py,
+# docs/trial.md); a sweep passes its trials' resources.cpu instead.
+AUTO_THREADS = 1
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -94,11 +103,14 @@ def check_fits(cfg: TrialConfig, device: torch.device) -> None:
                           f"{device} has {have / 2**30:,.1f} GiB: make the model or the batches smaller")
 
 
-def build_parts(cfg: TrialConfig) -> TrialParts:
+def build_parts(cfg: TrialConfig, auto_threads: int = AUTO_THREADS) -> TrialParts:
+    """Everything a trial trains with. torch gets cfg.runtime.threads threads, or `auto_threads`
+    when it is 0 (auto); auto_threads 0 leaves torch's own default (every core)."""
     device = resolve_device(cfg.runtime.device)
     check_fits(cfg, device)
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
+    threads = cfg.runtime.threads or auto_threads
+    if threads:
+        torch.set_num_threads(threads)
     sets = make_task_sets(cfg.task, cfg.seed)
     torch.manual_seed(cfg.seed)  # model init
     model = Transformer(cfg.model, vocab=cfg.task.p, max_len=cfg.seq_len).to(device)
@@ -223,17 +235,19 @@ def run_trial(
     echo: Callable[[str], None] = print,
     tensorboard: bool = True,
     lock_wait_s: float = 0.0,
+    auto_threads: int = AUTO_THREADS,
 ) -> TrialResult:
     """Train one trial into `out`, resuming from its last checkpoint if it has one. Refused at
     once (or after lock_wait_s) while another process trains in `out`: two writers of one
-    trial's checkpoints and metrics would interleave their steps."""
+    trial's checkpoints and metrics would interleave their steps. `auto_threads`: torch's threads
+    when runtime.threads is 0 (a sweep passes the CPUs Ray gave the trial)."""
     out = Path(out)
     with trial_lock(out, wait_s=lock_wait_s):
-        return _run_locked(cfg, out, reporter, echo, tensorboard)
+        return _run_locked(cfg, out, reporter, echo, tensorboard, auto_threads)
 
 
 def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Callable[[str], None],
-                tensorboard: bool) -> TrialResult:
+                tensorboard: bool, auto_threads: int) -> TrialResult:
     status = read_status(out)
     if status and status.get("state") == DONE and (out / CONFIG_FILE).exists():
         prepare_dir(cfg, out)  # still refuse a different config
@@ -242,7 +256,7 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
                            status.get("best_value", float("nan")), status.get("early_stopped", False), True)
     check_fits(cfg, resolve_device(cfg.runtime.device))  # before config.json: a smaller config may follow
     prepare_dir(cfg, out)
-    parts = build_parts(cfg)
+    parts = build_parts(cfg, auto_threads)
     if not (out / TASKS_FILE).exists():  # derived from the config: written once, and not worth an fsync
         write_json(out / TASKS_FILE, parts.sets.to_json(), durable=False)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -253,6 +267,10 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     if state is not None:
         progress = restore(parts, state)
         echo(f"resuming {out} from step {progress.step}")
+    echo(console.banner(cfg, parts.device, sum(p.numel() for p in parts.model.parameters())))
+    warning = console.size_warning(cfg, parts.device)
+    if warning:
+        echo(warning)
     metrics.truncate_after(progress.step)
     board = TensorBoard(out, purge_step=progress.step + 1 if progress.step else None) if tensorboard else NullBoard()
     if progress.step == 0:
@@ -264,6 +282,12 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
         _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo)
     except NonFiniteLossError as exc:
         write_json(out / STATUS_FILE, status_record(FAILED, progress.step, cfg.train.steps, error=str(exc)))
+        raise
+    except KeyboardInterrupt:  # Ctrl-C: say so on disk, so nothing reads "running" forever
+        saved = ckpt.load_latest(ckpt_dir)
+        write_json(out / STATUS_FILE, status_record(
+            INTERRUPTED, progress.step, cfg.train.steps, best_step=progress.best_step,
+            best_value=progress.best_value, resume_step=saved["step"] if saved else 0))
         raise
     finally:
         board.close()
@@ -299,10 +323,16 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
                 f"{ckpt_dir}. Lower train.lr or check the config.")
         last_checked = done
 
+    first = progress.step + 1  # this process's first step: timed for the ETA in the banner's wake
     while progress.step < steps and not progress.early_stopped:
+        t_step = time.perf_counter()
         loss = train_step(parts, progress.step)
         progress.step += 1
         done = progress.step
+        if done == first:
+            if parts.device.type == "cuda":
+                torch.cuda.synchronize(parts.device)
+            echo(console.first_step(cfg, time.perf_counter() - t_step, done))
         loss_sum += loss
         bad |= ~torch.isfinite(loss)
 

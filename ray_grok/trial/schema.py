@@ -19,8 +19,9 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"  # flock'ed by the one process training in the directory (run_trial)
 UNREADABLE = ".unreadable"  # suffix of a file set aside because it could not be read (a disk fault)
 
-# trial states written to status.json, and the state of a trial without one (it never started)
-RUNNING, DONE, FAILED = "running", "done", "failed"
+# trial states written to status.json (interrupted: stopped by Ctrl-C, resumable), and the state
+# of a trial without one (it never started)
+RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
 PENDING = "pending"
 
 # the four evaluation sets: pre-training (id) or held-out (ood) tasks, on train or test inputs
