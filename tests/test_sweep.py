@@ -96,7 +96,7 @@ def test_smoke_grid_end_to_end(tmp_path):
     mux.AddRunsFromDirectory(str(out))
     mux.Reload()
     assert set(mux.Runs()) == {e.dir for e in plan.entries} | {LIVE_TB_DIR}
-    assert "trials/depth=1/n_id=4/alpha=0.4/rule=rectangular/seed=0" in mux.Runs()
+    assert "trials/depth=1/n_id=4/alpha=0.2/rule=rectangular/seed=0" in mux.Runs()
     assert set(mux.PluginRunToTagToContent("hparams")) == {e.dir for e in plan.entries}
     live = mux.Images(LIVE_TB_DIR, "phases/rule=random/depth=2")  # the rule axis: a diagram per rule
     assert live[-1].step == 32 and live[-1].width > 200  # the last diagram has every trial
@@ -246,7 +246,8 @@ def test_a_grid_that_cannot_run_here_is_refused_before_anything_is_written(tmp_p
     """As grids/full.yaml (a GPU per trial) on a machine without GPUs: the run directory is not
     even created (it used to be refused after writing every trial's directory)."""
     base = {**TINY_BASE, "runtime": {**TINY_BASE["runtime"], "device": "auto"}}
-    grid = write_grid(tmp_path / "gpus.yaml", base=base, axes={"model.depth": [1, 2]}, resources={"cpu": 1, "gpu": 64})
+    grid = write_grid(tmp_path / "gpus.yaml", base=base, axes={"model.depth": [1, 2], "task.n_id": [2]},
+                      resources={"cpu": 1, "gpu": 64})
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
     assert result.exit_code == 1

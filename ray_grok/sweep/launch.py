@@ -34,7 +34,7 @@ from .callbacks import sweep_callbacks
 from ..results.plan import PLAN_FILE
 from .grid import GridSpec
 from .rundir import (
-    TUNE_DIR, TUNE_EXPERIMENT, Launch, check_same_grid, disk_full_error, driver_alive, prepare, read_driver,
+    LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, check_same_grid, disk_full_error, driver_alive, prepare, read_driver,
     read_plan, run_lock, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_env, ray_session, scoped_env
@@ -74,10 +74,23 @@ class SweepOutcome:
 def launch(launch: Launch, echo: Callable[[str], None] = print, wait_s: float = 0.0) -> SweepOutcome:
     """Run (or continue) the sweep: every trial not yet done, then the results tables. Refused at
     once (or after wait_s) while another process drives RUN_DIR (rundir.run_lock)."""
+    fresh = not launch.run_dir.exists()
     with run_lock(launch.run_dir, "launch", wait_s=wait_s) as locked:
-        if not locked:
-            check_no_other_driver(launch.run_dir)
-        return _launch(launch, echo)
+        try:
+            if not locked:
+                check_no_other_driver(launch.run_dir)
+            return _launch(launch, echo)
+        except BaseException:
+            if fresh:  # refused before anything was written: leave no directory holding only the lock
+                _remove_if_only_lock(launch.run_dir)
+            raise
+
+
+def _remove_if_only_lock(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
 
 
 def check_no_other_driver(run_dir: Path) -> None:
