@@ -85,12 +85,12 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     assert summary.trials == 4 and summary.by_status == {"done": 2, "running": 1, "pending": 1}
     trials = pd.read_parquet(run_dir / "results" / "trials")
     config_cols = list(TrialConfig().flat())
-    expected = (["trial_id", "status", "steps_done", "wall_time", "best_step"] + config_cols
+    expected = (["trial_id", "status", "retired", "steps_done", "wall_time", "best_step"] + config_cols
                 + [f"final_{m}" for m in EVAL_COLUMNS] + [f"best_{m}" for m in EVAL_COLUMNS]
                 + [f"{kind}_{m}" for m in ("ood_test_acc", "ood_test_acc_last")
                    for kind in ("peak", "peak_step", "drop")])
     assert list(trials.columns) == expected
-    assert trials["trial_id"].is_unique and len(trials) == 4
+    assert trials["trial_id"].is_unique and len(trials) == 4 and not trials["retired"].any()
     by_status = trials.set_index("status")
     assert by_status.loc["done", "steps_done"].tolist() == [30, 30]
     assert by_status.loc["running", "steps_done"] == 20
@@ -136,16 +136,17 @@ def test_the_tables_have_the_columns_the_docs_document(run_dir):
     real_metrics = pq.read_schema(run_dir / read_plan(run_dir).entries[0].dir / "metrics.parquet").names
     assert sorted(metrics) == sorted(real_metrics)
     documented = documented_names("- `results/trials`:", "\n- `results/curves`")
-    fixed = documented[:5]
-    patterns = [n for n in documented[5:] if "{" in n]
-    peak_metrics = [n for n in documented[5:] if n.startswith("ood_test_")]  # "for m in `...` and `...`"
-    examples = [n for n in documented[5:] if "{" not in n and n not in peak_metrics]
+    FIXED = 6  # trial_id, status, retired, steps_done, wall_time, best_step: then the config columns
+    fixed = documented[:FIXED]
+    patterns = [n for n in documented[FIXED:] if "{" in n]
+    peak_metrics = [n for n in documented[FIXED:] if n.startswith("ood_test_")]  # "for m in `...` and `...`"
+    examples = [n for n in documented[FIXED:] if "{" not in n and n not in peak_metrics]
     assert set(examples) <= set(VALID_KEYS), examples  # the config columns it names are config keys
     per_set = [m for m in metrics if m not in ("step", "lr", "tokens_seen", "wall_time")]
     trials = pq.read_schema(run_dir / "results" / "trials" / "part-0.parquet").names
-    assert trials[:5] == fixed and trials[5:5 + len(VALID_KEYS)] == list(VALID_KEYS)
+    assert trials[:FIXED] == fixed and trials[FIXED:FIXED + len(VALID_KEYS)] == list(VALID_KEYS)
     assert patterns == ["final_{m}", "best_{m}", "peak_{m}", "peak_step_{m}", "drop_{m}"]
-    assert sorted(trials[5 + len(VALID_KEYS):]) == sorted(
+    assert sorted(trials[FIXED + len(VALID_KEYS):]) == sorted(
         [f"{t}_{m}" for t in ("final", "best") for m in per_set]
         + [f"{t}_{m}" for t in ("peak", "peak_step", "drop") for m in peak_metrics])
     assert peak_metrics == ["ood_test_acc", "ood_test_acc_last"]
