@@ -33,7 +33,7 @@ from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
 from .callbacks import sweep_callbacks
 from ..results.plan import PLAN_FILE, PlanEntry
-from .grid import GridSpec
+from .grid import GridSpec, PlannedTrial
 from .rundir import (
     LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive, prepare,
     read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
@@ -157,7 +157,7 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     return SweepOutcome(run_dir, dict(counts), summary, wall, existing, **timing)
 
 
-def grid_states(run_dir: Path, trials: list) -> list[TrialState]:
+def grid_states(run_dir: Path, trials: list[PlannedTrial]) -> list[TrialState]:
     """The states on disk of the grid's trials, before the plan holds them (a new one is pending)."""
     return [trial_state(run_dir, PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps)) for t in trials]
 
