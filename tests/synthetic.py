@@ -33,7 +33,7 @@ PHASE_FITS = {
 }
 BASE_CONFIG = TrialConfig().flat()
 TRIAL_COLUMNS = (
-    ("trial_id", "status", "steps_done", "wall_time", "best_step")
+    ("trial_id", "status", "retired", "steps_done", "wall_time", "best_step")
     + tuple(BASE_CONFIG)
     + tuple(f"final_{m}" for m in EVAL_COLUMNS)
     + tuple(f"best_{m}" for m in EVAL_COLUMNS)
@@ -132,6 +132,7 @@ def _trials_from_arrays(*, depth, n_id, alpha, seed, best, final, status, best_s
     cols: dict[str, object] = {
         "trial_id": [f"d{d}_n{k}_a{a:g}_s{s}" for d, k, a, s in zip(depth, n_id, alpha, seed)],
         "status": status,
+        "retired": np.zeros(n, dtype=bool),
         "steps_done": np.where(status == DONE, steps, steps // 2),
         "wall_time": np.full(n, 3600.0),
         "best_step": best_step,

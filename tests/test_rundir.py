@@ -1,4 +1,4 @@
-"""The run directory without Ray: creation, refusing a changed grid, results tables, status.
+"""The run directory without Ray: creation, extending it to a changed grid, results tables, status.
 
 Trials are trained in-process with run_trial (the same call the Tune trainable makes), so the
 tables are built from real trial directories in a few seconds.
@@ -85,12 +85,12 @@ def test_aggregate_writes_one_row_per_trial_with_the_schema_columns(run_dir):
     assert summary.trials == 4 and summary.by_status == {"done": 2, "running": 1, "pending": 1}
     trials = pd.read_parquet(run_dir / "results" / "trials")
     config_cols = list(TrialConfig().flat())
-    expected = (["trial_id", "status", "steps_done", "wall_time", "best_step"] + config_cols
+    expected = (["trial_id", "status", "retired", "steps_done", "wall_time", "best_step"] + config_cols
                 + [f"final_{m}" for m in EVAL_COLUMNS] + [f"best_{m}" for m in EVAL_COLUMNS]
                 + [f"{kind}_{m}" for m in ("ood_test_acc", "ood_test_acc_last")
                    for kind in ("peak", "peak_step", "drop")])
     assert list(trials.columns) == expected
-    assert trials["trial_id"].is_unique and len(trials) == 4
+    assert trials["trial_id"].is_unique and len(trials) == 4 and not trials["retired"].any()
     by_status = trials.set_index("status")
     assert by_status.loc["done", "steps_done"].tolist() == [30, 30]
     assert by_status.loc["running", "steps_done"] == 20
@@ -136,16 +136,17 @@ def test_the_tables_have_the_columns_the_docs_document(run_dir):
     real_metrics = pq.read_schema(run_dir / read_plan(run_dir).entries[0].dir / "metrics.parquet").names
     assert sorted(metrics) == sorted(real_metrics)
     documented = documented_names("- `results/trials`:", "\n- `results/curves`")
-    fixed = documented[:5]
-    patterns = [n for n in documented[5:] if "{" in n]
-    peak_metrics = [n for n in documented[5:] if n.startswith("ood_test_")]  # "for m in `...` and `...`"
-    examples = [n for n in documented[5:] if "{" not in n and n not in peak_metrics]
+    FIXED = 6  # trial_id, status, retired, steps_done, wall_time, best_step: then the config columns
+    fixed = documented[:FIXED]
+    patterns = [n for n in documented[FIXED:] if "{" in n]
+    peak_metrics = [n for n in documented[FIXED:] if n.startswith("ood_test_")]  # "for m in `...` and `...`"
+    examples = [n for n in documented[FIXED:] if "{" not in n and n not in peak_metrics]
     assert set(examples) <= set(VALID_KEYS), examples  # the config columns it names are config keys
     per_set = [m for m in metrics if m not in ("step", "lr", "tokens_seen", "wall_time")]
     trials = pq.read_schema(run_dir / "results" / "trials" / "part-0.parquet").names
-    assert trials[:5] == fixed and trials[5:5 + len(VALID_KEYS)] == list(VALID_KEYS)
+    assert trials[:FIXED] == fixed and trials[FIXED:FIXED + len(VALID_KEYS)] == list(VALID_KEYS)
     assert patterns == ["final_{m}", "best_{m}", "peak_{m}", "peak_step_{m}", "drop_{m}"]
-    assert sorted(trials[5 + len(VALID_KEYS):]) == sorted(
+    assert sorted(trials[FIXED + len(VALID_KEYS):]) == sorted(
         [f"{t}_{m}" for t in ("final", "best") for m in per_set]
         + [f"{t}_{m}" for t in ("peak", "peak_step", "drop") for m in peak_metrics])
     assert peak_metrics == ["ood_test_acc", "ood_test_acc_last"]
@@ -213,27 +214,32 @@ def test_status_from_files_counts_states_and_shows_errors(run_dir, tmp_path):
     assert result.exit_code == 0 and "errored 1" in result.output and "non-finite" in result.output
 
 
-def test_a_changed_grid_is_refused_and_a_comment_is_not_a_change(tmp_path):
+def test_a_changed_grid_extends_a_changed_base_is_refused_and_a_comment_is_not_a_change(tmp_path):
     out = tmp_path / "run"
     a = resolve(write_grid(tmp_path / "a.yaml", GRID), out, resume=False)
     prepare(a.run_dir, a.spec, a.grid_text, a.trials)
 
     same = resolve(write_grid(tmp_path / "b.yaml", GRID, comment="# reworded\n"), out, resume=False)
     assert prepare(same.run_dir, same.spec, same.grid_text, same.trials) is True
+    assert not (out / "grid.yaml.1").exists()  # nothing changed: no history
 
-    more = dict(GRID, axes={"task.n_id": [2, 4, 8]})
-    other = resolve(write_grid(tmp_path / "c.yaml", more), out, resume=False)
-    with pytest.raises(RunDirError, match="2 new trials") as err:
+    # a changed base is a different experiment: refused, naming the difference
+    lr = dict(GRID, base={**GRID["base"], "train": {**GRID["base"]["train"], "lr": 1e-3}})
+    other = resolve(write_grid(tmp_path / "c.yaml", lr), out, resume=False)
+    with pytest.raises(RunDirError, match=r"base.train.lr: 0.003 -> 0.001") as err:
         prepare(other.run_dir, other.spec, other.grid_text, other.trials)
     assert "launch it into a new --out" in str(err.value)
+    assert len(read_plan(out).entries) == 4 and not (out / "grid.yaml.1").exists()
 
-    retries = resolve(write_grid(tmp_path / "d.yaml", dict(GRID, run={"max_concurrent": 2, "max_failures": 3})),
-                      out, resume=False)
-    with pytest.raises(RunDirError, match="run.max_failures: 1 -> 3"):
-        prepare(retries.run_dir, retries.spec, retries.grid_text, retries.trials)
+    # more values on an axis and changed run settings: the sweep is extended (tests/test_extend.py)
+    more = dict(GRID, axes={"task.n_id": [2, 4, 8]}, run={"max_concurrent": 2, "max_failures": 3})
+    extended = resolve(write_grid(tmp_path / "d.yaml", more), out, resume=False)
+    assert prepare(extended.run_dir, extended.spec, extended.grid_text, extended.trials) is True
+    assert len(read_plan(out).entries) == 6 and read_plan(out).max_failures == 3
+    assert (out / "grid.yaml.1").read_text() == (tmp_path / "a.yaml").read_text()
 
-    stored = resolve(None, out, resume=True)  # --resume without a grid: the stored copy
-    assert [t.trial_id for t in stored.trials] == [t.trial_id for t in a.trials]
+    stored = resolve(None, out, resume=True)  # --resume without a grid: the stored copy, now the extended one
+    assert [t.trial_id for t in stored.trials] == [t.trial_id for t in extended.trials]
 
 
 def test_a_directory_that_is_not_a_sweep_is_refused(tmp_path):

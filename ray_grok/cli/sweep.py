@@ -34,7 +34,9 @@ def launch_cmd(grid: Path | None, out: Path | None, resume: bool, cluster_path: 
     --cluster profile, in one Slurm job that starts a Ray cluster across its nodes.
 
     Running it again on the same run directory resumes: finished trials are kept, unfinished ones
-    continue from their checkpoints, errored ones are retried. A changed grid is refused.
+    continue from their checkpoints, errored ones are retried. A changed grid extends the sweep:
+    trials still in it are kept, new ones run, the others are retired (kept, not run, left out of
+    phases); a changed base is refused (docs/sweeps.md).
 
     \b
     Example: ray-grok launch grids/smoke.yaml --out runs/smoke

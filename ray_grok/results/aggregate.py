@@ -218,6 +218,7 @@ def batch_tables(entries: tuple[PlanEntry, ...], trials: list[TrialFiles]) -> tu
     columns = {
         "trial_id": [e.trial_id for e in entries],
         "status": states,
+        "retired": [e.retired for e in entries],
         "steps_done": [int(t.status.get("step", 0)) for t in trials],
         "wall_time": walls,
         "best_step": [-1 if at is None else int(s) for at, s in zip(best_at, best_step)],

@@ -1,8 +1,8 @@
 """The previous results tables as a cache, so a re-aggregation re-reads only the trials that changed.
 
 aggregate.py reads the trials in chunks (plan order) and writes each chunk's curves as its own file.
-RUN_DIR/results/.cache/index.json records, per chunk, a key (each trial's id and the stamps of its
-config.json, status.json and metrics.parquet, taken before they were read), its number of curves
+RUN_DIR/results/.cache/index.json records, per chunk, a key (each trial's id, its retired flag and
+the stamps of its config.json, status.json and metrics.parquet, taken before they were read), its number of curves
 rows and the stamp of its curves file, plus the stamp of the trials table. The next aggregation
 keeps a chunk whose key and curves file are unchanged: its rows of `trials` come from the previous
 table and its curves file is left alone, instead of reading hundreds of small files and writing
@@ -31,7 +31,7 @@ from ..trial.schema import CONFIG_FILE, METRICS_FILE, STATUS_FILE
 from .plan import PlanEntry
 
 INDEX = Path(".cache") / "index.json"
-VERSION = 2
+VERSION = 3  # 3: a trial's key holds its retired flag
 PART = "part-0.parquet"
 TRIAL_FILES = (CONFIG_FILE, STATUS_FILE, METRICS_FILE)
 
@@ -53,13 +53,14 @@ def _stamp(st: os.stat_result) -> list[int]:
 
 
 def chunk_key(run_dir: str, entries: Sequence[PlanEntry], pool: Executor) -> list:
-    """[trial_id, stamp of each of TRIAL_FILES] per trial (lists, as they come back from JSON)."""
+    """[trial_id, retired, stamp of each of TRIAL_FILES] per trial (lists, as they come back from
+    JSON): retiring a trial changes its row though none of its files changed."""
     return list(pool.map(partial(_trial_key, run_dir), entries))
 
 
 def _trial_key(run_dir: str, entry: PlanEntry) -> list:
     out = os.path.join(run_dir, entry.dir)
-    return [entry.trial_id] + [file_stamp(os.path.join(out, name)) for name in TRIAL_FILES]
+    return [entry.trial_id, entry.retired] + [file_stamp(os.path.join(out, name)) for name in TRIAL_FILES]
 
 
 @dataclass(frozen=True)

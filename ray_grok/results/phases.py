@@ -129,7 +129,9 @@ def classify_trials(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.D
     it also settles the inconsistent ones, where a harder set fits while an easier one does not
     (ood_test without ood_train or id_test is "ood generalization"), by the strongest evidence,
     so every trial gets one phase. A trial is not classified when its status is not "done" (failed
-    or still running: its numbers describe an unfinished run) or one of its four accuracies is NaN.
+    or still running: its numbers describe an unfinished run), when it is retired (no longer in the
+    grid: it must not vote in a cell, even in a table read with include_retired) or one of its four
+    accuracies is NaN.
     """
     _require_columns(trials, ["status"], "the trials table")
     acc = rule.read(trials)  # (N, 4) in SETS order
@@ -137,6 +139,8 @@ def classify_trials(trials: pd.DataFrame, rule: PhaseRule = PhaseRule()) -> pd.D
     id_train, id_test, ood_train, ood_test = fits.T
     codes = np.select([~id_train, ood_test, ood_train, id_test], [0, 4, 3, 2], default=1)
     usable = (trials["status"] == DONE).to_numpy() & ~np.isnan(acc).any(axis=1)
+    if "retired" in trials:  # a table aggregated before ray-grok had retired trials has no column
+        usable &= ~trials["retired"].fillna(False).to_numpy(bool)
     phase = pd.Categorical.from_codes(np.where(usable, codes, -1), categories=PHASES, ordered=True)
     return trials.assign(phase=phase)
 
@@ -327,16 +331,21 @@ def read_results(
     name: Literal["trials", "curves"],
     columns: Sequence[str] | None = None,
     trial_ids: Sequence[str] | None = None,
+    include_retired: bool = False,
 ) -> pd.DataFrame:
     """RUN_DIR/results/{name}: a Parquet dataset directory or a single file.
 
     `columns` and `trial_ids` are pushed down to the reader so a large curves table is never
-    loaded whole (its by-shot list columns dominate its size and no figure needs them).
+    loaded whole (its by-shot list columns dominate its size and no figure needs them). The trials
+    table leaves out retired trials (no longer in the sweep's grid) unless `include_retired`.
     """
     path = Path(run_dir) / RESULTS_DIR / name
     if not path.exists():
         raise MissingResultsError(f"no results in {path}: run `ray-grok aggregate {run_dir}` first")
-    filters = None if trial_ids is None else [("trial_id", "in", list(trial_ids))]
+    filters = [] if trial_ids is None else [("trial_id", "in", list(trial_ids))]
+    if name == "trials" and not include_retired and "retired" in pq.ParquetDataset(path).schema.names:
+        filters.append(("retired", "=", False))
+    filters = filters or None
     table = pq.read_table(path, columns=None if columns is None else list(columns), filters=filters)
     # The columns are Arrow-native; a writer's pandas metadata (e.g. Arrow-backed list dtypes,
     # which pandas cannot read back) is not needed to rebuild them.

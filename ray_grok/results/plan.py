@@ -1,6 +1,8 @@
 """The plan of a sweep, RUN_DIR/plan.json: every trial of its grid in launch order, with its
 directory, coordinates and steps. The sweep layer writes it once, when it creates the run
-directory (its presence marks a complete one); everything that looks at a run directory from its
+directory (its presence marks a complete one) and again when a changed grid extends the sweep
+(sweep/extend.py): entries are only ever added, or flagged `retired` when the grid no longer holds
+them, so a trial keeps its place and its directory for good. Everything that looks at a run directory from its
 files (the results tables, `ray-grok status`, the driver's callbacks) reads it here.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ class PlanEntry:
     dir: str  # relative to the run directory, e.g. trials/depth=4/n_id=256/alpha=0.6/seed=1
     coords: dict[str, Any]  # swept key -> value, seed last
     steps: int
+    # no longer in the grid: kept on disk and in the results tables, never run, left out of phases
+    retired: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,25 @@ class Plan:
     def ids(self) -> list[str]:
         return [e.trial_id for e in self.entries]
 
+    @property
+    def active(self) -> tuple[PlanEntry, ...]:
+        """The trials of the current grid: the ones a launch runs and `status` counts."""
+        return tuple(e for e in self.entries if not e.retired)
+
+    @property
+    def retired(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.retired)
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "max_failures": self.max_failures,
-                "trials": [{"trial_id": e.trial_id, "dir": e.dir, "coords": e.coords, "steps": e.steps}
-                           for e in self.entries]}
+                "trials": [_entry_json(e) for e in self.entries]}
+
+
+def _entry_json(e: PlanEntry) -> dict[str, Any]:
+    data = {"trial_id": e.trial_id, "dir": e.dir, "coords": e.coords, "steps": e.steps}
+    if e.retired:  # only then: a plan that was never extended reads as it always did
+        data["retired"] = True
+    return data
 
 
 def read_plan(run_dir: str | Path) -> Plan:
@@ -44,5 +63,6 @@ def read_plan(run_dir: str | Path) -> Plan:
     if not path.exists():
         raise RunDirError(f"{run_dir} is not a ray-grok sweep directory: it has no {PLAN_FILE}")
     data = read_json(path)
-    entries = tuple(PlanEntry(e["trial_id"], e["dir"], e["coords"], e["steps"]) for e in data["trials"])
+    entries = tuple(PlanEntry(e["trial_id"], e["dir"], e["coords"], e["steps"], bool(e.get("retired", False)))
+                    for e in data["trials"])
     return Plan(data["name"], entries, data.get("max_failures", 0))

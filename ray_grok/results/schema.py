@@ -1,7 +1,8 @@
 """The results tables of a sweep, RUN_DIR/results/{trials,curves}: where they are and their columns.
 
   trials: one row per trial of the plan: `trial_id`, `status` (pending, running, done, failed),
-          `steps_done`, `wall_time` (training seconds), `best_step` (-1 before the first
+          `retired` (true for a trial that a later grid no longer holds: kept for the record,
+          left out of phases and figures by default, see phases.read_results), `steps_done`, `wall_time` (training seconds), `best_step` (-1 before the first
           evaluation), every config field as a column named by its dotted key (`task.n_id`,
           `model.depth`, `task.alpha`, `seed`, ...), then `final_{metric}` (last evaluation) and
           `best_{metric}` (the evaluation where the checkpoint monitor peaked) for every metric of
@@ -39,7 +40,8 @@ def _metric_type(name: str) -> pa.DataType:
 PEAK_METRICS = ("ood_test_acc", "ood_test_acc_last")
 
 TRIALS_SCHEMA = pa.schema(
-    [pa.field("trial_id", pa.string()), pa.field("status", pa.string()), pa.field("steps_done", pa.int64()),
+    [pa.field("trial_id", pa.string()), pa.field("status", pa.string()), pa.field("retired", pa.bool_()),
+     pa.field("steps_done", pa.int64()),
      pa.field("wall_time", pa.float64()), pa.field("best_step", pa.int64())]
     + _config_fields()
     + [pa.field(f"final_{m}", _metric_type(m)) for m in EVAL_COLUMNS]

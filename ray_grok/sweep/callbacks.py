@@ -52,8 +52,9 @@ class SweepTally(_Unpickled):
     def setup(self, **info: Any) -> None:
         plan = read_plan(self.run_dir)
         self.name = plan.name
-        self.steps_total = {e.trial_id: e.steps for e in plan.entries}
-        self.dirs = {e.trial_id: e.dir for e in plan.entries}
+        # the current grid's trials: retired ones are not run and not counted
+        self.steps_total = {e.trial_id: e.steps for e in plan.active}
+        self.dirs = {e.trial_id: e.dir for e in plan.active}
         self.step: dict[str, int] = {}
         self.finished: set[str] = set()  # ended in Tune: done, errored, or stopped
         self.done: set[str] = set()  # done on disk: a trial Tune runs again from a stale snapshot stays done

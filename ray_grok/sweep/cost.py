@@ -7,14 +7,12 @@ assumption and is printed with every estimate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from ..trial.config import TrialConfig
 from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
 from .grid import describe_axes
-
-if TYPE_CHECKING:
-    from .rundir import Launch
+from .rundir import Launch, check_extension, existing_plan
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
 # this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops)
@@ -63,9 +61,13 @@ def estimate(configs: Iterable[TrialConfig], gpus_per_trial: float, gpu_tflops: 
 
 
 def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
+    """The grid, its trials' resources and cost; for a run directory that holds a sweep already,
+    what the launch would change (extend.py) and the cost of the new trials only (a kept trial
+    that is not done yet still costs the rest of its steps, which is not counted)."""
     spec, trials = launch.spec, launch.trials
     res = spec.resources
-    cost = estimate((t.config for t in trials), res.gpu, **({"gpu_tflops": gpu_tflops} if gpu_tflops else {}))
+    rate = {"gpu_tflops": gpu_tflops} if gpu_tflops else {}
+    cost = estimate((t.config for t in trials), res.gpu, **rate)
     steps = sorted({t.config.train.steps for t in trials})
     concurrency = spec.run.max_concurrent or "as many as the resources allow"
     lines = [
@@ -76,6 +78,11 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
         f"  cost: {cost.summary()}",
         f"  run directory: {launch.run_dir}",
         f"  first trial: {trials[0].trial_id} in {trials[0].dir}",
-        "nothing was started (--dry-run)",
     ]
+    if existing_plan(launch.run_dir):
+        diff = check_extension(launch.run_dir, spec, trials)
+        new_cost = estimate((t.config for t in diff.new), res.gpu, **rate)
+        lines += [f"  the run directory holds this sweep already: {diff.summary() if diff.changed else 'unchanged'}",
+                  f"  cost of the {len(diff.new)} new trials: {new_cost.summary() if diff.new else 'nothing'}"]
+    lines.append("nothing was started (--dry-run)")
     return "\n".join(lines)

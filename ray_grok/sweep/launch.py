@@ -1,4 +1,5 @@
-"""`launch`: run a grid's trials on Ray Tune, locally by default; resume an interrupted sweep.
+"""`launch`: run a grid's trials on Ray Tune, locally by default; resume an interrupted sweep, or
+extend one whose grid changed (extend.py).
 
 How the pieces fit:
 - The Ray (session.py): a local instance with safe settings, or RAY_ADDRESS's cluster.
@@ -31,11 +32,11 @@ from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
 from .callbacks import sweep_callbacks
-from ..results.plan import PLAN_FILE
-from .grid import GridSpec
+from ..results.plan import PLAN_FILE, PlanEntry
+from .grid import GridSpec, PlannedTrial
 from .rundir import (
-    LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, check_same_grid, disk_full_error, driver_alive, prepare, read_driver,
-    read_plan, run_lock, trial_states, write_driver,
+    LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive, prepare,
+    read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_env, ray_session, scoped_env
 from .trainable import make_trainable
@@ -107,18 +108,20 @@ def check_no_other_driver(run_dir: Path) -> None:
 
 def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     """Nothing is written into RUN_DIR (but its lock) before the grid is known to be the stored one
-    (for a resume) and its trials are known to fit on the Ray it runs on."""
+    or an extension of it (extend.py: a changed base is refused) and its trials are known to fit
+    on the Ray it runs on."""
     t0 = time.time()
     spec, run_dir = launch.spec, launch.run_dir
     driver = read_driver(run_dir)
     check_tune_state(run_dir, driver)
     existing = (run_dir / PLAN_FILE).exists()
-    if existing:
-        check_same_grid(run_dir, spec, launch.trials)
-    states = Counter(s.state for s in trial_states(run_dir)) if existing else Counter()
+    diff = check_extension(run_dir, spec, launch.trials) if existing else None
+    states = Counter(s.state for s in grid_states(run_dir, launch.trials)) if existing else Counter()
     echo(f"{'resuming' if existing else 'launching'} {spec.name}: {len(launch.trials)} trials in {run_dir}"
          + (f" ({states[DONE]} done, {states[FAILED]} errored, {states[RUNNING] + states[INTERRUPTED]} "
             f"interrupted, {states[PENDING]} pending)" if existing else ""))
+    if diff is not None and diff.changed:
+        echo(f"the grid changed: extending the sweep: {diff.summary()}")
     work = states[DONE] < len(launch.trials)
     try:
         with _ray(spec) if work else contextlib.nullcontext({}) as timing:  # checks that a trial fits
@@ -152,6 +155,11 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
          f"{format_duration(wall)}; results: {summary.path}/{{trials,curves}} ({summary.trials} trials, "
          f"{summary.curve_rows} curve rows)")
     return SweepOutcome(run_dir, dict(counts), summary, wall, existing, **timing)
+
+
+def grid_states(run_dir: Path, trials: list[PlannedTrial]) -> list[TrialState]:
+    """The states on disk of the grid's trials, before the plan holds them (a new one is pending)."""
+    return [trial_state(run_dir, PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps)) for t in trials]
 
 
 @contextlib.contextmanager
@@ -188,7 +196,14 @@ def tune_dirname(trial: Any) -> str:
 
 
 def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
-    """Tuner.fit (or Tuner.restore, then fit) over the plan's trials, on the Ray of _ray()."""
+    """Tuner.fit (or Tuner.restore, then fit) over the plan's trials, on the Ray of _ray().
+
+    Tune's experiment holds the trials it was created with, and Tuner.restore cannot add any (Ray's
+    docs: "Changing the hyperparameter search space then resuming is NOT supported"); its tuner.pkl
+    also brings back the old max_concurrent and max_failures. So when a launch extends the sweep,
+    rundir.extend_files has set the old experiment aside, and a fresh Tuner runs the current
+    grid's trials that are not done (the trial directories are the truth: a kept trial that was
+    cut short continues from its own checkpoints)."""
     from ray import tune
 
     spec, run_dir = launch.spec, launch.run_dir
@@ -205,9 +220,12 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
     else:
         if experiment.exists():  # killed before Tune's first snapshot: nothing in it to keep
             shutil.rmtree(experiment)
+        todo = [s.entry.trial_id for s in trial_states(run_dir, plan) if s.state != DONE]
+        if not todo:
+            return {"fit_s": 0.0}
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial_id": tune.grid_search(plan.ids)},
+            param_space={"trial_id": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=spec.run.max_concurrent or None,
                 reuse_actors=True,  # a trial starts in a warm worker: no new process, no torch import

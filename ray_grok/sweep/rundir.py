@@ -1,15 +1,17 @@
 """The run directory of a sweep: its layout, its plan, and the state of its trials from files alone.
 
     RUN_DIR/
-      grid.yaml          verbatim copy of the grid it was launched with (a changed grid is refused)
-      plan.json          every trial: trial_id, dir, coordinates, steps (written once, at creation;
-                         its format: results/plan.py)
+      grid.yaml          verbatim copy of the grid it was last launched with; a changed grid
+                         extends the sweep (extend.py) and its predecessor is kept as grid.yaml.N
+      plan.json          every trial: trial_id, dir, coordinates, steps, retired (written at
+                         creation, rewritten when the sweep is extended; its format: results/plan.py)
       sweep.json         the driver: state, host, pid, heartbeat, the ray-grok version that ran Tune
       trials/depth=4/n_id=256/alpha=0.6/seed=1/
                          the trial directory of `run_trial` (config.json, metrics.parquet,
                          status.json, TensorBoard events, checkpoints/), plus attempts.json and
                          train.log written by the sweep layer
-      tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors)
+      tune/sweep/        Ray Tune's experiment (its state, per-trial marker checkpoints, errors);
+                         tune/sweep.N: an earlier one, set aside when the sweep was extended
       results/trials/part-0.parquet, results/curves/part-*.parquet   (`ray-grok aggregate`)
       slurm/jobs.jsonl   the Slurm jobs `launch --cluster` submitted; slurm/JOB/ their logs and Ray files
       .lock              flock'ed by the one process that drives the sweep (or submits its job); it
@@ -38,6 +40,7 @@ from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, rea
 from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
 from ..trial.schema import CONFIG_FILE, FAILED, PENDING, RUNNING, STATUS_FILE
+from .extend import PlanDiff, extended_plan, history_name, plan_diff, set_aside
 from .grid import GridSpec, PlannedTrial, expand, grid_from_dict, load_grid, read_grid_yaml
 
 GRID_FILE = "grid.yaml"
@@ -82,34 +85,66 @@ def resolve(grid: Path | None, out: Path | None, resume: bool, root: Path = Path
 
 
 # ---------------------------------------------------------------------------------------------
-# Creating a run directory, or checking that an existing one holds the same grid
+# Creating a run directory, or extending the sweep an existing one holds
 # ---------------------------------------------------------------------------------------------
 
 def prepare(run_dir: Path, spec: GridSpec, grid_text: str, trials: list[PlannedTrial]) -> bool:
-    """Create RUN_DIR for this grid, or check that it already holds it. Returns True if it existed.
+    """Create RUN_DIR for this grid, or extend the sweep it holds to this grid (extend.py: kept,
+    new and retired trials; a changed base is refused). Returns True if it existed.
 
     Each trial directory is created now with its resolved config.json, so pending trials are
     visible to `status` and `aggregate`, and the trainable needs nothing but the trial id.
     """
     plan_path = run_dir / PLAN_FILE
     if plan_path.exists():
-        check_same_grid(run_dir, spec, trials)
+        diff = check_extension(run_dir, spec, trials)
+        if diff.changed:
+            extend_files(run_dir, spec, grid_text, diff)
         for t in trials:  # a trial directory removed by hand starts over
             if not (run_dir / t.dir / CONFIG_FILE).exists():
-                (run_dir / t.dir).mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / t.dir / CONFIG_FILE, t.config.to_dict())
+                _write_trial_dir(run_dir, t)
         return True
     check_not_foreign(run_dir)
     private_dir(run_dir, "run directory")
     atomic_write_text(run_dir / GRID_FILE, grid_text)
     for t in trials:
-        out = run_dir / t.dir
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, t.config.to_dict())
+        _write_trial_dir(run_dir, t)
     # the plan is written last: its presence marks a complete run directory
     entries = tuple(PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps) for t in trials)
     write_json(plan_path, Plan(spec.name, entries, spec.run.max_failures).to_json())
     return False
+
+
+def _write_trial_dir(run_dir: Path, t: PlannedTrial) -> None:
+    (run_dir / t.dir).mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / t.dir / CONFIG_FILE, t.config.to_dict())
+
+
+def existing_plan(run_dir: Path) -> bool:
+    """RUN_DIR holds a complete sweep (its plan is written last)."""
+    return (run_dir / PLAN_FILE).exists()
+
+
+def check_extension(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -> PlanDiff:
+    """What launching SPEC into the existing RUN_DIR changes; RunDirError if its base changed."""
+    try:
+        return plan_diff(read_plan(run_dir), stored_grid(run_dir), spec, trials)
+    except RunDirError as exc:
+        raise RunDirError(f"{run_dir} ({run_dir / GRID_FILE}): {exc}") from None
+
+
+def extend_files(run_dir: Path, spec: GridSpec, grid_text: str, diff: PlanDiff) -> None:
+    """Write the extended sweep, in an order that a crash at any point leaves resumable: the new
+    trial directories; the old Tune experiment set aside (a later launch must never restore it,
+    since it holds the old trials and settings); grid.yaml's previous text kept as grid.yaml.N
+    before the new one replaces it; plan.json last (until then the same launch extends again)."""
+    for t in diff.new:
+        _write_trial_dir(run_dir, t)
+    set_aside(run_dir / TUNE_DIR / TUNE_EXPERIMENT)
+    grid = run_dir / GRID_FILE
+    atomic_write_text(history_name(grid), grid.read_text())
+    atomic_write_text(grid, grid_text)
+    write_json(run_dir / PLAN_FILE, extended_plan(read_plan(run_dir), spec, diff).to_json())
 
 
 def check_not_foreign(run_dir: Path) -> None:
@@ -123,30 +158,6 @@ def check_not_foreign(run_dir: Path) -> None:
     if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise RunDirError(f"{run_dir} exists and is not a ray-grok sweep directory (no {PLAN_FILE}); "
                           "choose another --out")
-
-
-def check_same_grid(run_dir: Path, spec: GridSpec, trials: list[PlannedTrial]) -> None:
-    """Refuse a launch whose grid differs from the one RUN_DIR was created with."""
-    stored = stored_grid(run_dir)
-    plan = read_plan(run_dir)
-    diffs = []
-    old_ids, new_ids = set(plan.ids), {t.trial_id for t in trials}
-    if old_ids != new_ids:
-        added, removed = sorted(new_ids - old_ids), sorted(old_ids - new_ids)
-        if added:
-            diffs.append(f"{len(added)} new trials (e.g. {added[0]})")
-        if removed:
-            diffs.append(f"{len(removed)} trials no longer in the grid (e.g. {removed[0]})")
-    old, new = stored.canonical(), spec.canonical()
-    for section in ("resources", "run"):
-        for key, value in new[section].items():
-            if old[section].get(key) != value:
-                diffs.append(f"{section}.{key}: {old[section].get(key)!r} -> {value!r}")
-    if diffs:
-        raise RunDirError(
-            f"{run_dir} was launched with another grid ({run_dir / GRID_FILE}); this one differs: "
-            f"{'; '.join(diffs)}. A sweep's grid cannot change: launch it into a new --out, or resume "
-            f"with the stored grid: ray-grok launch --resume --out {run_dir}")
 
 
 def stored_grid(run_dir: Path) -> GridSpec:
@@ -178,8 +189,9 @@ def trial_state(run_dir: Path, entry: PlanEntry) -> TrialState:
 
 
 def trial_states(run_dir: Path, plan: Plan | None = None) -> list[TrialState]:
+    """The states of the current grid's trials (retired ones are left out: they are not run)."""
     plan = plan or read_plan(run_dir)
-    return [trial_state(run_dir, e) for e in plan.entries]
+    return [trial_state(run_dir, e) for e in plan.active]
 
 
 def record_attempt(out: Path) -> int:

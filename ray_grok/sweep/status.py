@@ -32,9 +32,11 @@ class SweepStatus:
     eta_s: float | None
     s_per_step: float | None  # training seconds per step of the finished trials
     errored: list[TrialState] = field(default_factory=list)
+    retired: int = 0  # trials a later grid no longer holds: kept on disk, not run, not in `counts`
 
     @property
     def total(self) -> int:
+        """The trials of the current grid (retired ones are not among them)."""
         return sum(self.counts.values())
 
 
@@ -66,7 +68,7 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
             left = sum(s.entry.steps - s.step for s in states if s.state not in (DONE, FAILED))
             eta = left * s_per_step / running
     return SweepStatus(plan.name, run_dir, {k: counts[k] for k in ORDER}, steps_done, steps_total, driver, alive,
-                       eta, s_per_step, [s for s in states if s.state == FAILED])
+                       eta, s_per_step, [s for s in states if s.state == FAILED], len(plan.retired))
 
 
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
@@ -83,7 +85,8 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
     pct = 100.0 * st.steps_done / st.steps_total if st.steps_total else 100.0
     lines = [
         f"sweep {st.name} in {st.run_dir}: {st.total} trials; {driver}",
-        "  " + " | ".join(f"{k} {v}" for k, v in st.counts.items()),
+        "  " + " | ".join(f"{k} {v}" for k, v in st.counts.items())
+        + (f" (and {st.retired} retired: no longer in the grid, kept on disk, not run)" if st.retired else ""),
         f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
         + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
