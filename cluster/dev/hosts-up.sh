@@ -44,6 +44,7 @@ HOSTS=(rgh0 rgh1 rgh2 rgh3)
 COMPUTE=(rgh1 rgh2)
 SW=rgh-sw
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)  # the checkout, which every host must see at its own path
 PY=$(python3 -c 'import sys; print(sys.executable)')  # the real interpreter, not a pyenv shim
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -114,9 +115,13 @@ CGROUPS=$(awk '$2 ~ "^/sys/fs/cgroup" {printf "mkdir -p %s && mount -t %s -o %s 
 T=$(now_ms)
 for h in "${HOSTS[@]}"; do
   mkdir -p "$LAB/host/$h/tmp"; chmod 1777 "$LAB/host/$h/tmp"
+  # A checkout under /tmp (a CI clone) would be hidden by the host's own /tmp: inside the host's
+  # mount namespace only, it is bound at the same path within that /tmp (hence --rbind below)
+  KEEP=true
+  case "$REPO" in /tmp/?*) KEEP="mkdir -p $LAB/host/$h/tmp/${REPO#/tmp/} && mount --bind $REPO $LAB/host/$h/tmp/${REPO#/tmp/}";; esac
   # cd / first: the caller's directory may be under /tmp, which the host does not see
   setsid ip netns exec "$h" unshare --uts --pid --mount --fork --propagation private --mount-proc \
-    bash -c "cd / && hostname $h && mount --bind $LAB/host/$h/tmp /tmp \
+    bash -c "cd / && hostname $h && $KEEP && mount --rbind $LAB/host/$h/tmp /tmp \
              && mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm && mount --bind $LAB/etc-hosts /etc/hosts \
              && $CGROUPS exec $PY -c '$INIT'" </dev/null >"$LAB/log/$h.init.log" 2>&1 &
   echo $! > "$LAB/run/$h.unshare"
