@@ -76,15 +76,16 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 # ---- Ray ----
 
-def reload_auth(token_cache: bool = False) -> None:
-    """Make Ray re-read RAY_AUTH_MODE (and, with token_cache, the token file) from the environment.
-    Ray reads them into its C++ config when first imported, which may be before ray-grok set them."""
+def reload_auth() -> None:
+    """Make Ray re-read RAY_AUTH_MODE and the token (RAY_AUTH_TOKEN or its file) from the environment.
+    Ray reads them into its C++ config when first imported, which may be before ray-grok set them,
+    and caches the token: a token left from an earlier Ray in this process (a notebook, the test
+    suite) would go with every request to a later Ray, and one started without auth never runs an actor."""
     require("ray")
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
-    if token_cache:
-        AuthenticationTokenLoader.instance().reset_cache()
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def init_local(temp_dir: str, **kwargs: Any) -> Any:

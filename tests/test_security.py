@@ -259,7 +259,7 @@ def assert_no_open_door(pids: list[int], token: str) -> None:
 @pytest.mark.slow
 def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch, request):
     from ray_grok.sweep.grid import grid_from_dict
-    from ray_grok.sweep.session import ray_env, ray_session, scoped_env
+    from ray_grok.sweep.session import ray_session
 
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"):
         monkeypatch.delenv(key, raising=False)
@@ -267,7 +267,7 @@ def test_the_local_ray_listens_only_on_loopback_or_behind_the_token(monkeypatch,
     spec = grid_from_dict({"name": "sec", "base": {"runtime": {"device": "cpu"}}, "run": {"object_store_mb": 100}})
     root = Path(f"/tmp/rgsec-{os.getpid()}")
     request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
-    with scoped_env(ray_env(spec)), ray_session(spec):
+    with ray_session(spec):
         import ray
 
         token = os.environ["RAY_AUTH_TOKEN"]
@@ -329,3 +329,38 @@ def test_the_slurm_style_head_listens_only_on_loopback_or_behind_the_token(tmp_p
         except subprocess.TimeoutExpired:
             task.kill()
     assert not marked_processes(f"{job}/", prefix=True)
+
+
+@pytest.mark.slow
+def test_a_later_ray_without_auth_runs_after_a_token_ray_in_the_same_process(monkeypatch, request):
+    """Ray caches the token of the first authenticated Ray in a process; a later local Ray started
+    with RAY_AUTH_MODE=disabled (a notebook's second launch, the test suite) got it on every request,
+    and none of its actors ever ran. ray_session makes Ray forget it."""
+    from ray_grok.sweep.grid import grid_from_dict
+    from ray_grok.sweep.session import ray_session
+
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    root = Path(f"/tmp/rgsec2-{os.getpid()}")
+    monkeypatch.setenv("RAY_GROK_TEMP_DIR", str(root))
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    spec = grid_from_dict({"name": "sec", "base": {"runtime": {"device": "cpu"}}, "run": {"object_store_mb": 100}})
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
+
+    with ray_session(spec):
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert ray.get(Probe.remote().pid.remote(), timeout=120) > 0
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # a Ray the caller starts itself (the test suite, a notebook), then ray-grok's own again
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=str(root / "ray"), object_store_memory=100 * 2**20)
+    try:
+        assert ray.get(Probe.remote().pid.remote(), timeout=120) > 0
+    finally:
+        ray.shutdown()
+    with ray_session(spec):
+        assert ray.get(Probe.remote().pid.remote(), timeout=120) > 0

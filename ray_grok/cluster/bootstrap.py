@@ -171,7 +171,7 @@ def _client_env(token: Path) -> None:
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
     os.environ.pop("RAY_AUTH_TOKEN", None)
     if "ray._raylet" in sys.modules:  # Ray reads the auth mode when imported: make it read it again
-        compat.reload_auth(token_cache=True)
+        compat.reload_auth()
 
 
 def _wait_for_nodes(env: TaskEnv, node: RayNode, address: str, rdir: Path, ray: RaySettings,

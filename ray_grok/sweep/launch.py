@@ -38,7 +38,7 @@ from .rundir import (
     LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive, prepare,
     read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
 )
-from .session import concurrent_slots, ray_env, ray_session, scoped_env
+from .session import concurrent_slots, ray_session, scoped_env
 from .trainable import make_trainable
 
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -167,7 +167,7 @@ def _ray(spec: GridSpec) -> Iterator[dict[str, float]]:
     """The Ray the sweep runs on, with Tune's environment; GridError if not one trial fits on it.
     Yields the timing dict that launch() reports (ray_start_s here, fit_s by _fit)."""
     t0 = time.perf_counter()
-    with scoped_env(ray_env(spec)), ray_session(spec):
+    with ray_session(spec):
         timing = {"ray_start_s": time.perf_counter() - t0}
         concurrent_slots(spec)
         yield timing

@@ -85,32 +85,40 @@ def ray_env(spec: GridSpec) -> dict[str, str]:
 
 @contextlib.contextmanager
 def ray_session(spec: GridSpec) -> Iterator[bool]:
-    """ray.init with safe settings (or connect to RAY_ADDRESS); shut down on exit if we started it.
-    Yields True when Ray runs locally, inside this process tree."""
+    """Ray and Tune's environment (ray_env) and ray.init with safe settings (or a connection to
+    RAY_ADDRESS); shut down on exit if we started it. Yields True when Ray runs locally, inside this
+    process tree. On exit the environment, and Ray's auth settings read from it, are as before."""
     ray = compat.require("ray")
-    if ray.is_initialized():  # the caller manages Ray (tests, notebooks)
-        yield False
-        return
+    with scoped_env(ray_env(spec)):
+        if ray.is_initialized():  # the caller manages Ray (tests, notebooks)
+            yield False
+            return
+        try:
+            _init(ray, spec)
+            yield not os.environ.get("RAY_ADDRESS")
+        finally:
+            ray.shutdown()
+    # a later Ray in this process (a notebook's next launch) must not inherit this one's token
+    compat.reload_auth()
+
+
+def _init(ray, spec: GridSpec) -> None:
     compat.reload_auth()  # ray_env() may have set RAY_AUTH_MODE after Ray was imported
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        num_cpus = os.environ.get("RAY_GROK_NUM_CPUS")
-        if num_cpus and not (num_cpus.isascii() and num_cpus.isdigit() and 0 < int(num_cpus) <= 100_000):
-            raise ConfigError(f"RAY_GROK_NUM_CPUS must be a whole number of CPUs from 1 to 100000, got {num_cpus!r}")
-        compat.init_local(
-            private_temp_dir(),
-            num_cpus=int(num_cpus) if num_cpus else None,
-            include_dashboard=False,  # no web server at all (it would listen on a port)
-            object_store_memory=spec.run.object_store_mb * 2**20,  # the default is 30% of RAM in /dev/shm
-            log_to_driver=False,  # trial output goes to each trial's train.log, not the console
-            logging_level=logging.WARNING,
-        )
-    try:
-        yield not address
-    finally:
-        ray.shutdown()
+        return
+    num_cpus = os.environ.get("RAY_GROK_NUM_CPUS")
+    if num_cpus and not (num_cpus.isascii() and num_cpus.isdigit() and 0 < int(num_cpus) <= 100_000):
+        raise ConfigError(f"RAY_GROK_NUM_CPUS must be a whole number of CPUs from 1 to 100000, got {num_cpus!r}")
+    compat.init_local(
+        private_temp_dir(),
+        num_cpus=int(num_cpus) if num_cpus else None,
+        include_dashboard=False,  # no web server at all (it would listen on a port)
+        object_store_memory=spec.run.object_store_mb * 2**20,  # the default is 30% of RAM in /dev/shm
+        log_to_driver=False,  # trial output goes to each trial's train.log, not the console
+        logging_level=logging.WARNING,
+    )
 
 
 def concurrent_slots(spec: GridSpec) -> int:
