@@ -13,6 +13,7 @@ from pathlib import Path
 from ..io import format_duration
 from ..results.plan import read_plan
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
+from .live_cost import LiveCost, cost_lines, live_cost
 from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
 
 # status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
@@ -33,6 +34,7 @@ class SweepStatus:
     s_per_step: float | None  # training seconds per step of the finished trials
     errored: list[TrialState] = field(default_factory=list)
     retired: int = 0  # trials a later grid no longer holds: kept on disk, not run, not in `counts`
+    cost: LiveCost | None = None  # what is left, at the measured speed per depth (live_cost.py)
 
     @property
     def total(self) -> int:
@@ -68,7 +70,8 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
             left = sum(s.entry.steps - s.step for s in states if s.state not in (DONE, FAILED))
             eta = left * s_per_step / running
     return SweepStatus(plan.name, run_dir, {k: counts[k] for k in ORDER}, steps_done, steps_total, driver, alive,
-                       eta, s_per_step, [s for s in states if s.state == FAILED], len(plan.retired))
+                       eta, s_per_step, [s for s in states if s.state == FAILED], len(plan.retired),
+                       cost=live_cost(run_dir, states))
 
 
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
@@ -91,6 +94,8 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
     ]
+    if st.cost:
+        lines += cost_lines(st.cost, st.counts[RUNNING] if st.alive else 0)
     left = st.total - st.counts[DONE] - st.counts[ERRORED]
     jobs = slurm_jobs(st.run_dir)
     if jobs:
