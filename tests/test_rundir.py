@@ -204,6 +204,8 @@ def test_status_from_files_counts_states_and_shows_errors(run_dir, tmp_path):
     text = format_status(st)
     assert "errored 1" in text and "non-finite" in text and "2 attempts" in text
     assert "resume with `ray-grok launch --resume" in text
+    # the live cost from real trials' files: 2 done and measured, 1 interrupted left, the errored one not counted
+    assert st.cost.measured and [d.left for d in st.cost.depths] == [1] and "the FLOP model assumed (" in text
 
     write_driver(copy, "running", time.time(), eta_s=95.0)  # a live driver elsewhere
     st = sweep_status(copy)
