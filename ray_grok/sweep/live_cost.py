@@ -103,7 +103,7 @@ def live_cost(run_dir: Path, states: list[TrialState]) -> LiveCost | None:
     for d in sorted(set(left) | set(measured)):
         if d in measured:
             rate, source, ref = measured[d], MEASURED, None
-        elif measured:  # the nearest measured depth; of two as near, the deeper (the slower per FLOP, usually)
+        elif measured:  # the nearest measured depth; of two as near, the deeper
             ref = min(measured, key=lambda m: (abs(m - d), -m))
             rate, source = measured[ref], SCALED
         else:
