@@ -9,6 +9,7 @@
     seeds: 2                         # seeds 0 and 1; or an explicit list [0, 3]
     resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
     run: {max_concurrent: 2, max_failures: 2}
+    # run: {settle: majority, phase_rule: {threshold: 0.5}}  # skip the seeds of settled cells
 
 Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
 the valid ones), wrong types, and every expanded trial config by the trial's own rules
@@ -26,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
 
@@ -34,6 +35,9 @@ from ..errors import ConfigError, GridError
 from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc, suggest
+
+if TYPE_CHECKING:
+    from ..results.phases import PhaseRule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +49,7 @@ class _GridSection(Checked):
 
     @classmethod
     def unknown_key(cls, name: str) -> str:
-        listing = ", ".join(f"{k.split('.')[-1]} (default {d!r}: {h})" for k, d, h in describe(cls))
+        listing = ", ".join(f"{k.removeprefix(cls.SECTION + '.')} (default {d!r}: {h})" for k, d, h in describe(cls))
         hint = suggest(cls.key(name), [k for k, _, _ in describe(cls)])
         return f"unknown key {cls.key(name)}{hint}; valid keys: {listing}"
 
@@ -66,6 +70,26 @@ class Resources(_GridSection):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PhaseRuleSettings(_GridSection):
+    """The grid's phase rule (results/phases.py PhaseRule): what `run.settle` classifies the
+    finished trials of a cell by. `ray-grok phases` takes its own options and does not read it."""
+    SECTION = "run.phase_rule"
+    metric: Literal["acc_last", "acc"] = doc("acc_last: accuracy at the last z position; acc: mean over positions",
+                                             "acc_last")
+    threshold: float = doc("a set fits when its accuracy >= threshold", 0.5)
+    time: Literal["auto", "best", "final"] = doc("auto: the early-stopping step where ood_test fits there, else the "
+                                                 "end; best: the early-stopping step; final: the end", "auto")
+
+    def check(self) -> None:
+        self.need(0.0 < self.threshold <= 1.0, "threshold", "in (0, 1]")
+
+    def rule(self) -> PhaseRule:
+        from ..results.phases import PhaseRule  # pandas: only where trials are classified
+
+        return PhaseRule(metric=self.metric, threshold=self.threshold, time=self.time)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSettings(_GridSection):
     SECTION = "run"
     max_concurrent: int = doc("trials running at once; 0 = as many as the resources allow", 0)
@@ -75,6 +99,11 @@ class RunSettings(_GridSection):
     object_store_mb: int = doc("cap of a local Ray's object store (ray-grok passes no large objects)", 256)
     max_trials: int = doc("a grid with more trials is refused before it is expanded (a typo in an axis can "
                           "make millions); raise it if you mean it", 10_000)
+    settle: Literal["off", "majority"] = doc(
+        "majority: a cell's pending seeds are skipped once its finished seeds' majority phase (under "
+        "run.phase_rule) can no longer change (docs/sweeps.md, Settle); a later launch without it runs them",
+        "off")
+    phase_rule: PhaseRuleSettings = doc("the phase rule settle classifies by", factory=PhaseRuleSettings)
 
     def check(self) -> None:
         self.need(self.max_trials >= 1, "max_trials", ">= 1")
