@@ -28,7 +28,7 @@ from ray_grok.sweep.cost import dry_run_text
 from ray_grok.sweep.grid import expand, grid_from_dict, load_grid
 from ray_grok.sweep.rundir import prepare, resolve
 from ray_grok.sweep.settle import (
-    SETTLED, NoGate, SettleGate, gate_for, most_skippable, settle_evidence, settled_phase,
+    SETTLED, NoGate, SettleGate, gate_for, most_skippable, replay, settle_evidence, settled_phase,
 )
 from ray_grok.sweep.status import format_status, sweep_status
 from ray_grok.trial.outputs import status_record
@@ -109,6 +109,23 @@ def test_majority_phase_is_the_phase_tables_majority():
 def test_unknown_phase_is_refused():
     with pytest.raises(ValueError, match="not phases"):
         settled_phase(["memorized", None])
+
+
+def test_replay_skips_what_the_gate_would_and_concurrency_costs_savings_not_correctness():
+    from tests.synthetic import trial, trials_frame
+    votes = {4: [IM, IM, OG], 8: [OG, OG, OG], 16: [IM, OG, IM]}  # the last cell only settles at its end
+    frame = trials_frame([trial(n_id=n, seed=s, best=p, final=p) for n, ps in votes.items() for s, p in enumerate(ps)])
+    order = [f"d6_n{n}_a0.6_s{s}" for s in range(3) for n in votes]  # seed-major, as grid.expand
+    assert set(order) == set(frame["trial_id"])
+    assert replay(frame, order, PhaseRule()) == ["d6_n4_a0.6_s2", "d6_n8_a0.6_s2"]
+    assert replay(frame, order, PhaseRule(), concurrency=2) == ["d6_n4_a0.6_s2", "d6_n8_a0.6_s2"]
+    # three at a time: when n8's seed 2 starts, its seed 1 is still running (n4's seed 2 took no slot)
+    assert replay(frame, order, PhaseRule(), concurrency=3) == ["d6_n4_a0.6_s2"]
+    assert replay(frame, order, PhaseRule(), concurrency=4) == []
+    # the skipped seed disagreed (n4 seed 2 is OG): the cell's phase stays IM, only its agreement changes
+    skipped = frame["trial_id"].isin(replay(frame, order, PhaseRule()))
+    after = phase_table(frame.assign(status=frame["status"].where(~skipped, "skipped: settled")))
+    assert (after["phase"] == phase_table(frame)["phase"]).all()
 
 
 # ---------------------------------------------------------------------------------------------

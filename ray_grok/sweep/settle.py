@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..io import write_json
 from ..results.aggregate import batch_tables, read_trial
+from ..results.cells import cell_keys
 from ..results.phases import PHASES, PhaseRule, classify_trials, majority_phase
 from ..results.plan import Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
@@ -135,6 +136,30 @@ def most_skippable(trials: Sequence[PlannedTrial]) -> list[PlannedTrial]:
                    default=n)
         out += seeds[need:]
     return out
+
+
+def replay(trials: pd.DataFrame, order: Sequence[str], rule: PhaseRule, concurrency: int = 1) -> list[str]:
+    """The trials settle would have skipped in a finished sweep: TRIALS is its trials table, ORDER
+    its trial ids in launch order (the plan's, seed-major). Trials start in ORDER, CONCURRENCY at a
+    time, and are taken to last equally long, so when one starts the CONCURRENCY - 1 started last
+    are still running (their votes undecided) and a skipped trial takes no slot. A replay of
+    finished runs with the same decision, not a rerun: the cells are the phase table's."""
+    phase = classify_trials(trials, rule)["phase"]
+    keys = cell_keys(trials)
+    cell = dict(zip(trials["trial_id"], map(tuple, keys.itertuples(index=False))))
+    vote = {t: (None if pd.isna(p) else str(p)) for t, p in zip(trials["trial_id"], phase)}
+    siblings: dict[tuple, list[str]] = {}
+    for t in order:
+        siblings.setdefault(cell[t], []).append(t)
+    started: list[str] = []
+    skipped: list[str] = []
+    for t in order:
+        finished = set(started[:max(0, len(started) - (concurrency - 1))])
+        if settled_phase([vote[s] if s in finished else None for s in siblings[cell[t]]]) is None:
+            started.append(t)
+        else:
+            skipped.append(t)
+    return skipped
 
 
 # ---------------------------------------------------------------------------------------------
