@@ -279,7 +279,7 @@ def test_skipped_trials_show_in_status_the_tables_and_the_dry_run(run):
 
     text = dry_run_text(run)
     assert "at most 2 trials skipped" in text  # one per cell of 3 seeds
-    assert "skipped so far as settled: 1 trials" in text and "re-decides them" in text
+    assert "skipped so far as settled: 1 trials" in text and "they stay skipped while their cells stay settled" in text
 
 
 def test_most_skippable_is_the_last_seeds_of_each_cell():

@@ -92,7 +92,7 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
             saved = estimate((by_id[s.entry.trial_id].config for s in skipped if s.entry.trial_id in by_id), res.gpu,
                              **rate)
             lines.append(f"  skipped so far as settled: {len(skipped)} trials, saving {saved.summary()}; "
-                         + ("the launch re-decides them as they start" if spec.run.settle != "off"
+                         + ("they stay skipped while their cells stay settled" if spec.run.settle != "off"
                             else "this launch runs them (run.settle is off)"))
     if spec.run.settle != "off":
         best = most_skippable(trials)

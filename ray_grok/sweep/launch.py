@@ -168,7 +168,7 @@ def _skipped_note(skipped: int, spec: GridSpec) -> str:
     """', 2 skipped as settled (run now: run.settle is off)' for the launch's first line."""
     if not skipped:
         return ""
-    then = "re-decided as they start" if spec.run.settle != "off" else "run now: run.settle is off"
+    then = "kept while their cells stay settled" if spec.run.settle != "off" else "run now: run.settle is off"
     return f", {skipped} skipped as settled ({then})"
 
 
