@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -35,9 +35,7 @@ from ..errors import ConfigError, GridError
 from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc, suggest
-
-if TYPE_CHECKING:
-    from ..results.phases import PhaseRule
+from .phase_rule import PhaseRuleSettings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,26 +65,6 @@ class Resources(_GridSection):
 
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpu, "gpu": self.gpu}
-
-
-@dataclass(frozen=True, kw_only=True)
-class PhaseRuleSettings(_GridSection):
-    """The grid's phase rule (results/phases.py PhaseRule): what `run.settle` classifies the
-    finished trials of a cell by. `ray-grok phases` takes its own options and does not read it."""
-    SECTION = "run.phase_rule"
-    metric: Literal["acc_last", "acc"] = doc("acc_last: accuracy at the last z position; acc: mean over positions",
-                                             "acc_last")
-    threshold: float = doc("a set fits when its accuracy >= threshold", 0.5)
-    time: Literal["auto", "best", "final"] = doc("auto: the early-stopping step where ood_test fits there, else the "
-                                                 "end; best: the early-stopping step; final: the end", "auto")
-
-    def check(self) -> None:
-        self.need(0.0 < self.threshold <= 1.0, "threshold", "in (0, 1]")
-
-    def rule(self) -> PhaseRule:
-        from ..results.phases import PhaseRule  # pandas: only where trials are classified
-
-        return PhaseRule(metric=self.metric, threshold=self.threshold, time=self.time)
 
 
 @dataclass(frozen=True, kw_only=True)
