@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 from ..io import read_json, read_json_or
 from ..trial.config import config_from_dict
 from ..trial.schema import (
-    BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, METRICS_SCHEMA, PENDING, STATUS_FILE,
+    BY_SHOT_COLUMNS, CONFIG_FILE, EVAL_COLUMNS, METRICS_FILE, METRICS_SCHEMA, PENDING, SKIPPED, STATUS_FILE,
+    state_label,
 )
 from .cache import PART, Chunk, Previous, chunk_file, chunk_key, file_stamp, save_index
 from .plan import PlanEntry, read_plan
@@ -212,8 +213,8 @@ def batch_tables(entries: tuple[PlanEntry, ...], trials: list[TrialFiles]) -> tu
     states, walls = [], []
     for t, wall_at_final in zip(trials, final_wall):
         state = t.status.get("state", PENDING)
-        wall = None if state == PENDING else t.status.get("wall_time", wall_at_final)
-        states.append(state)
+        wall = None if state in (PENDING, SKIPPED) else t.status.get("wall_time", wall_at_final)
+        states.append(state_label(t.status))
         walls.append(None if wall is None else float(wall))
     columns = {
         "trial_id": [e.trial_id for e in entries],

@@ -169,6 +169,13 @@ def _majority(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return phase, agreement, n_seeds
 
 
+def majority_phase(phases: Sequence[str]) -> str:
+    """The majority of one cell's classified seeds, as the phase table counts it (ties: the
+    more-learned phase); "missing" for none. sweep/settle.py decides with it."""
+    counts = np.array([[sum(p == q for p in phases) for q in PHASES]])
+    return str(_majority(counts)[0][0])
+
+
 def phase_table(
     trials: pd.DataFrame,
     rule: PhaseRule = PhaseRule(),

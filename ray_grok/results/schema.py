@@ -1,6 +1,9 @@
 """The results tables of a sweep, RUN_DIR/results/{trials,curves}: where they are and their columns.
 
-  trials: one row per trial of the plan: `trial_id`, `status` (pending, running, done, failed),
+  trials: one row per trial of the plan: `trial_id`, `status` (pending, running, done, failed,
+          interrupted, or `skipped: settled` for a trial run.settle did not train because its
+          cell's majority phase could not change: not classified, and run by a launch without
+          run.settle; sweep/settle.py),
           `retired` (true for a trial that a later grid no longer holds: kept for the record,
           left out of phases and figures by default, see phases.read_results), `steps_done`, `wall_time` (training seconds), `best_step` (-1 before the first
           evaluation), every config field as a column named by its dotted key (`task.n_id`,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from ..io import disk_full, disk_full_line, format_duration, read_json, read_json_or
-from ..trial.schema import CONFIG_FILE, DONE, FAILED, RUNNING, STATUS_FILE
+from ..trial.schema import CONFIG_FILE, DONE, FAILED, RUNNING, SKIPPED, STATUS_FILE
 from .rundir import HEARTBEAT_S, disk_full_error, read_plan, record_failure, trial_states, write_driver
 
 BEST_METRIC = "ood_test_acc_last"  # what the live view reports as "best o.o.d. accuracy"
@@ -58,6 +58,7 @@ class SweepTally(_Unpickled):
         self.step: dict[str, int] = {}
         self.finished: set[str] = set()  # ended in Tune: done, errored, or stopped
         self.done: set[str] = set()  # done on disk: a trial Tune runs again from a stale snapshot stays done
+        self.skipped: set[str] = set()  # skipped by this launch as settled (settle.py)
         self.best, self.best_id = -math.inf, ""
         for s in trial_states(self.run_dir, plan):
             tid = s.entry.trial_id
@@ -85,8 +86,11 @@ class SweepTally(_Unpickled):
         tid = trial.config["trial_id"]
         self.finished.add(tid)
         # Tune also 'completes' trials it stops on Ctrl-C: only the trial's status.json says done
-        if read_json_or(self.trial_dir(tid) / STATUS_FILE, {}).get("state") == DONE:
+        state = read_json_or(self.trial_dir(tid) / STATUS_FILE, {}).get("state")
+        if state == DONE:
             self.done.add(tid)
+        elif state == SKIPPED:
+            self.skipped.add(tid)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished.add(trial.config["trial_id"])
@@ -97,10 +101,11 @@ class SweepTally(_Unpickled):
     def counts(self, trials: list) -> dict[str, int]:
         """done from the files; running and errored from Tune's view of TRIALS; pending the rest."""
         tune_status = {t.config["trial_id"]: t.status for t in trials}
-        by_state = Counter(tune_status.get(tid, "PENDING") for tid in self.steps_total if tid not in self.done)
+        ended = self.done | self.skipped
+        by_state = Counter(tune_status.get(tid, "PENDING") for tid in self.steps_total if tid not in ended)
         running, errored = by_state["RUNNING"], by_state["ERROR"]
-        return {"done": len(self.done), "running": running, "errored": errored,
-                "pending": len(self.steps_total) - running - errored - len(self.done)}
+        return {"done": len(self.done), "running": running, "errored": errored, "skipped": len(self.skipped),
+                "pending": len(self.steps_total) - running - errored - len(ended)}
 
     def eta(self, now: float) -> float | None:
         """Seconds to train the steps left at this driver's rate so far; None before any step."""
@@ -184,7 +189,8 @@ class LiveView(_Unpickled):
         best = f"{t.best:.3f} ({t.best_id})" if t.best_id else "-"
         return (f"[{t.name} {format_duration(now - t.started)}] done {c['done']}/{len(t.steps_total)} | "
                 f"running {c['running']} | pending {c['pending']} | errored {c['errored']} | "
-                f"best {BEST_METRIC} {best} | ETA {format_duration(t.eta(now))}")
+                + (f"skipped (settled) {c['skipped']} | " if c["skipped"] else "")
+                + f"best {BEST_METRIC} {best} | ETA {format_duration(t.eta(now))}")
 
 
 class Heartbeat(_Unpickled):

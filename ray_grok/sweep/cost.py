@@ -11,8 +11,10 @@ from typing import Iterable
 
 from ..trial.config import TrialConfig
 from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
+from ..trial.schema import SKIPPED
 from .grid import describe_axes
-from .rundir import Launch, check_extension, existing_plan
+from .rundir import Launch, check_extension, existing_plan, trial_states
+from .settle import most_skippable
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
 # this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops)
@@ -84,5 +86,19 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
         new_cost = estimate((t.config for t in diff.new), res.gpu, **rate)
         lines += [f"  the run directory holds this sweep already: {diff.summary() if diff.changed else 'unchanged'}",
                   f"  cost of the {len(diff.new)} new trials: {new_cost.summary() if diff.new else 'nothing'}"]
+        skipped = [s for s in trial_states(launch.run_dir) if s.state == SKIPPED]
+        if skipped:
+            by_id = {t.trial_id: t for t in trials}
+            saved = estimate((by_id[s.entry.trial_id].config for s in skipped if s.entry.trial_id in by_id), res.gpu,
+                             **rate)
+            lines.append(f"  skipped so far as settled: {len(skipped)} trials, saving {saved.summary()}; "
+                         + ("they stay skipped while their cells stay settled" if spec.run.settle != "off"
+                            else "this launch runs them (run.settle is off)"))
+    if spec.run.settle != "off":
+        best = most_skippable(trials)
+        most = estimate((t.config for t in best), res.gpu, **rate)
+        lines.append(f"  settle: {spec.run.settle} ({spec.run.phase_rule.rule().describe()}): at most {len(best)} "
+                     f"trials skipped (the last seeds of cells whose first seeds agree), saving at most "
+                     f"{most.summary() if best else 'nothing'}")
     lines.append("nothing was started (--dry-run)")
     return "\n".join(lines)

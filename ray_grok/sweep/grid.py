@@ -9,6 +9,7 @@
     seeds: 2                         # seeds 0 and 1; or an explicit list [0, 3]
     resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
     run: {max_concurrent: 2, max_failures: 2}
+    # run: {settle: majority, phase_rule: {threshold: 0.5}}  # skip the seeds of settled cells
 
 Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
 the valid ones), wrong types, and every expanded trial config by the trial's own rules
@@ -26,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -34,6 +35,7 @@ from ..errors import ConfigError, GridError
 from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc, suggest
+from .phase_rule import PhaseRuleSettings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +47,7 @@ class _GridSection(Checked):
 
     @classmethod
     def unknown_key(cls, name: str) -> str:
-        listing = ", ".join(f"{k.split('.')[-1]} (default {d!r}: {h})" for k, d, h in describe(cls))
+        listing = ", ".join(f"{k.removeprefix(cls.SECTION + '.')} (default {d!r}: {h})" for k, d, h in describe(cls))
         hint = suggest(cls.key(name), [k for k, _, _ in describe(cls)])
         return f"unknown key {cls.key(name)}{hint}; valid keys: {listing}"
 
@@ -75,6 +77,11 @@ class RunSettings(_GridSection):
     object_store_mb: int = doc("cap of a local Ray's object store (ray-grok passes no large objects)", 256)
     max_trials: int = doc("a grid with more trials is refused before it is expanded (a typo in an axis can "
                           "make millions); raise it if you mean it", 10_000)
+    settle: Literal["off", "majority"] = doc(
+        "majority: a cell's pending seeds are skipped once its finished seeds' majority phase (under "
+        "run.phase_rule) can no longer change (docs/sweeps.md, Settle); a later launch without it runs them",
+        "off")
+    phase_rule: PhaseRuleSettings = doc("the phase rule settle classifies by", factory=PhaseRuleSettings)
 
     def check(self) -> None:
         self.need(self.max_trials >= 1, "max_trials", ">= 1")

@@ -30,7 +30,7 @@ from .. import __version__, compat
 from ..errors import DiskFullError, RunDirError, StateVersionError
 from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
-from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
+from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED
 from .callbacks import sweep_callbacks
 from ..results.plan import PLAN_FILE, PlanEntry
 from .grid import GridSpec, PlannedTrial
@@ -39,6 +39,7 @@ from .rundir import (
     read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_session, scoped_env
+from .settle import gate_for
 from .trainable import make_trainable
 
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -63,13 +64,18 @@ class SweepOutcome:
         return self.counts.get(FAILED, 0)
 
     @property
+    def skipped(self) -> int:
+        """Trials not trained because their cell is settled (run.settle, settle.py)."""
+        return self.counts.get(SKIPPED, 0)
+
+    @property
     def complete(self) -> bool:
-        """Every trial is done (none errored, none left)."""
-        return self.counts.get(DONE, 0) == sum(self.counts.values())
+        """Every trial is done or skipped (none errored, none left)."""
+        return self.counts.get(DONE, 0) + self.skipped == sum(self.counts.values())
 
     @property
     def unfinished(self) -> int:
-        return sum(self.counts.values()) - self.counts.get(DONE, 0) - self.errored
+        return sum(self.counts.values()) - self.counts.get(DONE, 0) - self.errored - self.skipped
 
 
 def launch(launch: Launch, echo: Callable[[str], None] = print, wait_s: float = 0.0) -> SweepOutcome:
@@ -119,7 +125,7 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     states = Counter(s.state for s in grid_states(run_dir, launch.trials)) if existing else Counter()
     echo(f"{'resuming' if existing else 'launching'} {spec.name}: {len(launch.trials)} trials in {run_dir}"
          + (f" ({states[DONE]} done, {states[FAILED]} errored, {states[RUNNING] + states[INTERRUPTED]} "
-            f"interrupted, {states[PENDING]} pending)" if existing else ""))
+            f"interrupted, {states[PENDING]} pending{_skipped_note(states[SKIPPED], spec)})" if existing else ""))
     if diff is not None and diff.changed:
         echo(f"the grid changed: extending the sweep: {diff.summary()}")
     work = states[DONE] < len(launch.trials)
@@ -131,7 +137,7 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
                     timing.update(_fit(launch, echo))
             finally:  # also when Ray or Tune fails: `status` must not report a live driver
                 counts = Counter(s.state for s in trial_states(run_dir))
-                unfinished = len(launch.trials) - counts[DONE] - counts[FAILED]
+                unfinished = len(launch.trials) - counts[DONE] - counts[FAILED] - counts[SKIPPED]
                 # the version of the driver that last ran Tune (its heartbeat wrote it) stays on record
                 version = read_driver(run_dir).get("version")
                 try:
@@ -151,10 +157,19 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
             raise disk_full_error(run_dir, f"the results tables: {disk_full_line(exc)}") from None
         raise
     wall = time.time() - t0
-    echo(f"{spec.name}: {counts[DONE]} done, {counts[FAILED]} errored, {unfinished} unfinished in "
+    echo(f"{spec.name}: {counts[DONE]} done, {counts[FAILED]} errored, {unfinished} unfinished"
+         + (f", {counts[SKIPPED]} skipped (settled: see `ray-grok status`)" if counts[SKIPPED] else "") + " in "
          f"{format_duration(wall)}; results: {summary.path}/{{trials,curves}} ({summary.trials} trials, "
          f"{summary.curve_rows} curve rows)")
     return SweepOutcome(run_dir, dict(counts), summary, wall, existing, **timing)
+
+
+def _skipped_note(skipped: int, spec: GridSpec) -> str:
+    """', 2 skipped as settled (run now: run.settle is off)' for the launch's first line."""
+    if not skipped:
+        return ""
+    then = "kept while their cells stay settled" if spec.run.settle != "off" else "run now: run.settle is off"
+    return f", {skipped} skipped as settled ({then})"
 
 
 def grid_states(run_dir: Path, trials: list[PlannedTrial]) -> list[TrialState]:
@@ -209,8 +224,9 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
     spec, run_dir = launch.spec, launch.run_dir
     plan = read_plan(run_dir)
     slots = concurrent_slots(spec)
+    gate = gate_for(spec.run.settle, run_dir, spec.run.phase_rule.rule())
     trainable = tune.with_resources(make_trainable(run_dir, {e.trial_id: e.dir for e in plan.entries},
-                                                   spec.resources.cpu), spec.resources.as_ray())
+                                                   spec.resources.cpu, gate), spec.resources.as_ray())
     callbacks = sweep_callbacks(run_dir, echo)
     experiment = run_dir / TUNE_DIR / TUNE_EXPERIMENT
     if tune.Tuner.can_restore(experiment):

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..io import format_duration, read_json_or
 from ..trial.config import TrialConfig, config_from_dict
 from ..trial.flops import CPU_GFLOPS_PER_CORE, trial_flops
-from ..trial.schema import CONFIG_FILE, DONE, FAILED
+from ..trial.schema import CONFIG_FILE, DONE, FAILED, SKIPPED
 from .cost import DEFAULT_GPU_TFLOPS
 from .grid import Resources, read_grid_yaml
 from .rundir import GRID_FILE, TrialState
@@ -83,7 +83,7 @@ def live_cost(run_dir: Path, states: list[TrialState]) -> LiveCost | None:
     left: dict[int, list[float]] = defaultdict(list)  # depth -> FLOPs left of each unfinished trial
     unread = 0
     for s in states:
-        if s.state == FAILED:
+        if s.state in (FAILED, SKIPPED):  # a skipped trial (settled) is not left to train
             continue
         cfg = _config(run_dir / s.entry.dir)
         if cfg is None:

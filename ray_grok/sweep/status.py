@@ -10,15 +10,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import format_duration
+from ..io import format_duration, read_json
 from ..results.plan import read_plan
-from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING
+from ..trial.config import config_from_dict
+from ..trial.schema import CONFIG_FILE, DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
+from .cost import CostEstimate, estimate
 from .live_cost import LiveCost, cost_lines, live_cost
-from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
+from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, stored_grid, trial_states
 
 # status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
 ERRORED = "errored"  # status.json says failed
 ORDER = (DONE, RUNNING, INTERRUPTED, PENDING, ERRORED)
+# status.json says skipped, for a reason (settle.py: "settled"); counted as "skipped: settled"
+SKIPPED_PREFIX = f"{SKIPPED}: "
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,11 @@ class SweepStatus:
     errored: list[TrialState] = field(default_factory=list)
     retired: int = 0  # trials a later grid no longer holds: kept on disk, not run, not in `counts`
     cost: LiveCost | None = None  # what is left, at the measured speed per depth (live_cost.py)
+    saved: CostEstimate | None = None  # what the skipped trials would have cost (None: none skipped)
+
+    @property
+    def skipped(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith(SKIPPED_PREFIX))
 
     @property
     def total(self) -> int:
@@ -55,9 +64,11 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
             return ERRORED
         if s.state == INTERRUPTED or (s.state == RUNNING and not alive):
             return INTERRUPTED
-        return s.state
+        return state_label(s.status) if s.state == SKIPPED else s.state
 
     counts = Counter(label(s) for s in states)
+    skipped = [s for s in states if s.state == SKIPPED]
+    states = [s for s in states if s.state != SKIPPED]  # progress and ETA: the trials to train
     steps_total = sum(s.entry.steps for s in states)
     steps_done = sum(s.entry.steps if s.state == DONE else min(s.step, s.entry.steps) for s in states)
     done = [s for s in states if s.state == DONE and s.status.get("wall_time")]
@@ -69,9 +80,18 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
         if eta is None and s_per_step and running:
             left = sum(s.entry.steps - s.step for s in states if s.state not in (DONE, FAILED))
             eta = left * s_per_step / running
-    return SweepStatus(plan.name, run_dir, {k: counts[k] for k in ORDER}, steps_done, steps_total, driver, alive,
+    shown = {k: counts[k] for k in ORDER} | {k: v for k, v in sorted(counts.items()) if k.startswith(SKIPPED_PREFIX)}
+    return SweepStatus(plan.name, run_dir, shown, steps_done, steps_total, driver, alive,
                        eta, s_per_step, [s for s in states if s.state == FAILED], len(plan.retired),
-                       cost=live_cost(run_dir, states))
+                       cost=live_cost(run_dir, states), saved=skipped_cost(run_dir, skipped))
+
+
+def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | None:
+    """cost.py's estimate of the skipped trials (on the stored grid's resources): what skipping saved."""
+    if not skipped:
+        return None
+    gpus = stored_grid(run_dir).resources.gpu
+    return estimate((config_from_dict(read_json(run_dir / s.entry.dir / CONFIG_FILE)) for s in skipped), gpus)
 
 
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
@@ -90,13 +110,15 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         f"sweep {st.name} in {st.run_dir}: {st.total} trials; {driver}",
         "  " + " | ".join(f"{k} {v}" for k, v in st.counts.items())
         + (f" (and {st.retired} retired: no longer in the grid, kept on disk, not run)" if st.retired else ""),
+        *([f"  skipped {st.skipped} trials whose cell was settled (run.settle): saved {st.saved.summary()}; "
+           "a launch without run.settle runs them"] if st.saved else []),
         f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
         + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),
     ]
     if st.cost:
         lines += cost_lines(st.cost, st.counts[RUNNING] if st.alive else 0)
-    left = st.total - st.counts[DONE] - st.counts[ERRORED]
+    left = st.total - st.counts[DONE] - st.counts[ERRORED] - st.skipped
     jobs = slurm_jobs(st.run_dir)
     if jobs:
         last = jobs[-1]

@@ -22,28 +22,41 @@ from ..io import read_json, write_json
 from ..trial.config import config_from_dict
 from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, SCALAR_EVAL_COLUMNS
 from .rundir import LOG_FILE, record_attempt, record_failure
+from .settle import Gate, NoGate
 
 TRIAL_LOCK_WAIT_S = 30.0
 
 
-def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float) -> Callable[[dict], None]:
+def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float, gate: Gate = NoGate()
+                   ) -> Callable[[dict], None]:
     """A Tune function trainable over configs {"trial_id": ...}. The run directory is bound here,
-    not stored in Tune's state, so a moved RUN_DIR still resumes."""
+    not stored in Tune's state, so a moved RUN_DIR still resumes. GATE (settle.py) is asked
+    before each trial trains, and may skip it."""
     run_dir = Path(run_dir)
 
     def ray_grok_trial(config: dict) -> None:
-        run_one(run_dir / dirs[config["trial_id"]], config["trial_id"], cpus)
+        run_one(run_dir / dirs[config["trial_id"]], config["trial_id"], cpus, gate)
 
     return ray_grok_trial
 
 
-def run_one(out: Path, trial_id: str, cpus: float) -> None:
-    """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log."""
+def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate()) -> None:
+    """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log. A trial
+    the gate skips returns without training (and without counting an attempt): Tune sees it
+    complete, its status.json says skipped."""
     from ray import tune
 
     from ..trial.run import run_trial
 
     cfg = config_from_dict(read_json(out / CONFIG_FILE))
+    settled = gate.skip(trial_id, out, cfg.train.steps)
+    if settled is not None:
+        with open(out / LOG_FILE, "a") as logf:
+            e = settled.record()
+            logf.write(f"== {trial_id}: skipped at {time.strftime('%Y-%m-%d %H:%M:%S')}: settled: {e['agree']} of "
+                       f"the cell's {e['seeds']} seeds are {e['phase']} and the other {e['seeds'] - e['decided']} "
+                       "cannot change its majority (run.settle); a launch without run.settle runs it\n")
+        return
     attempt = record_attempt(out)
     marker = tune.get_checkpoint()
     with open(out / LOG_FILE, "a", buffering=1) as logf:

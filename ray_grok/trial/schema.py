@@ -19,10 +19,18 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"  # flock'ed by the one process training in the directory (run_trial)
 UNREADABLE = ".unreadable"  # suffix of a file set aside because it could not be read (a disk fault)
 
-# trial states written to status.json (interrupted: stopped by Ctrl-C, resumable), and the state
-# of a trial without one (it never started)
-RUNNING, DONE, FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
+# trial states written to status.json (interrupted: stopped by Ctrl-C, resumable; skipped: not
+# trained, with a `reason`, e.g. settled (sweep/settle.py), and run like a pending trial by a
+# launch that does not skip it), and the state of a trial without one (it never started)
+RUNNING, DONE, FAILED, INTERRUPTED, SKIPPED = "running", "done", "failed", "interrupted", "skipped"
 PENDING = "pending"
+
+
+def state_label(status: dict) -> str:
+    """A trial's state as the results tables and `ray-grok status` show it: the state of its
+    status.json, a skipped trial's with its reason ('skipped: settled'); 'pending' without one."""
+    state = status.get("state", PENDING)
+    return f"{state}: {status.get('reason', 'unknown')}" if state == SKIPPED else state
 
 # the four evaluation sets: pre-training (id) or held-out (ood) tasks, on train or test inputs
 SETS = ("id_train", "id_test", "ood_train", "ood_test")
