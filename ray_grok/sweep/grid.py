@@ -9,6 +9,7 @@
     seeds: 2                         # seeds 0 and 1; or an explicit list [0, 3]
     resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
     run: {max_concurrent: 2, max_failures: 2}
+    extra: [{model.depth: 2, task.n_id: 24, task.alpha: 0.6, seeds: [3, 4]}]  # cells beyond the product (extra.py)
 
 Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
 the valid ones), wrong types, and every expanded trial config by the trial's own rules
@@ -34,6 +35,7 @@ from ..errors import ConfigError, GridError
 from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc, suggest
+from .extra import ExtraCell, extra_count, extra_points, parse_extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +102,7 @@ class GridSpec:
     resources: Resources
     run: RunSettings
     description: str = ""
+    extra: tuple[ExtraCell, ...] = ()  # cells outside the product, expanded after it (extra.py)
 
     def canonical(self) -> dict[str, Any]:
         """What defines the experiment and how it runs: equal for two files that differ only in
@@ -111,6 +114,7 @@ class GridSpec:
             "resources": self.resources.as_ray(),
             # max_trials is a guard, not how the sweep runs: raising it is not a change of grid
             "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings) if f.name != "max_trials"},
+            **({"extra": [c.as_dict() for c in self.extra]} if self.extra else {}),
         }
 
 
@@ -122,7 +126,7 @@ class PlannedTrial:
     config: TrialConfig
 
 
-TOP_KEYS = ("name", "description", "base", "axes", "seeds", "resources", "run")
+TOP_KEYS = ("name", "description", "base", "axes", "seeds", "resources", "run", "extra")
 # short ids for the paper's axes; other keys use their last dotted component
 ID_ABBREV = {"model.depth": "d", "task.n_id": "n", "task.alpha": "a", "seed": "s"}
 
@@ -192,14 +196,15 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
         axes.append(Axis(key, _axis_values(key, spec, fail, run.max_trials)))
 
     seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail, run.max_trials)
-    count = math.prod(len(a.values) for a in axes) * max(1, len(seeds))
+    extra = parse_extra(data.get("extra"), axes, seeds, fail, lambda v, f: _seeds(v, False, f, run.max_trials))
+    count = math.prod(len(a.values) for a in axes) * max(1, len(seeds)) + extra_count(extra)
     if count > run.max_trials:  # counted, not expanded: a typo in an axis can make millions
         fail(f"the grid has {count:,} trials ({' x '.join(str(len(a.values)) for a in axes) or '1'}"
-             f"{f' x {len(seeds)} seeds' if seeds else ''}); at most run.max_trials = {run.max_trials:,} is allowed "
+             f"{f' x {len(seeds)} seeds' if seeds else ''}{f' + {extra_count(extra)} extra' if extra else ''}); at most run.max_trials = {run.max_trials:,} is allowed "
              "(raise run.max_trials if you mean it)")
 
     spec = GridSpec(name=name, source=source, base=base, axes=tuple(axes), seeds=seeds,
-                    resources=resources, run=run, description=description)
+                    resources=resources, run=run, description=description, extra=extra)
     expand(spec)  # validates every trial config now, before anything starts
     return spec
 
@@ -295,7 +300,8 @@ def _section(cls: type[_GridSection], data: Any, fail) -> Any:
 
 def expand(spec: GridSpec) -> list[PlannedTrial]:
     """Every trial of the grid, seeds outermost (a partial sweep covers the whole diagram with
-    fewer seeds first), then the axes in file order. Each config is validated here."""
+    fewer seeds first), then the axes in file order, then the extra cells' trials that the product
+    does not hold. Each config is validated here."""
     keys = [a.key for a in spec.axes]
     if not spec.seeds:  # seed is an axis
         value_lists = [a.values for a in spec.axes]
@@ -307,11 +313,13 @@ def expand(spec: GridSpec) -> list[PlannedTrial]:
     short = _short_names(keys)
     order = ([len(keys) - 1] + list(range(len(keys) - 1))) if seed_first else list(range(len(keys)))
 
+    points = [dict(zip((keys[i] for i in order), combo)) for combo in itertools.product(*(value_lists[i] for i in order))]
+    n_product = len(points)
+    points += extra_points(spec.extra, keys)
     trials, seen_ids, seen_dirs = [], set(), set()
-    for combo in itertools.product(*(value_lists[i] for i in order)):
-        values = dict(zip((keys[i] for i in order), combo))
+    for n, values in enumerate(points):
         coords = {k: values[k] for k in keys}
-        label = " ".join(f"{short[k]}={_fmt(v)}" for k, v in coords.items())
+        label = " ".join(f"{short[k]}={_fmt(v)}" for k, v in coords.items()) + (" (extra)" if n >= n_product else "")
         try:
             cfg = config_from_dict(merge({}, {**spec.base, **coords}))
         except ConfigError as exc:
@@ -319,6 +327,8 @@ def expand(spec: GridSpec) -> list[PlannedTrial]:
         flat = cfg.flat()
         coords = {k: flat[k] for k in keys}  # as the config reads them: YAML's '1.0e12' string is a float
         trial = PlannedTrial(_trial_id(coords, cfg), _trial_dir(coords, short), coords, cfg)
+        if n >= n_product and trial.trial_id in seen_ids:  # an extra cell's trial held already: the same trial
+            continue
         if trial.trial_id in seen_ids or trial.dir in seen_dirs:
             raise GridError(f"{spec.source}: trial {label} repeats another trial; are two axis values equal?")
         seen_ids.add(trial.trial_id)
@@ -387,4 +397,4 @@ def describe_axes(spec: GridSpec) -> str:
     if spec.seeds:
         parts.append(f"seeds {len(spec.seeds)}" if spec.seeds == tuple(range(len(spec.seeds)))
                      else f"seeds {values(spec.seeds)}")
-    return " x ".join(parts) or "one trial"
+    return (" x ".join(parts) or "one trial") + (f" + {len(spec.extra)} extra cells" if spec.extra else "")
