@@ -233,6 +233,32 @@ def test_cells_whose_seeds_disagree_get_seeds_up_to_the_total(tmp_path):
     assert refine(run, bisect=("alpha",), agreement=0.6)[0].empty  # 0.67 is agreement enough
 
 
+def test_a_grid_with_seed_as_an_axis_is_refined_too(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "s", "base": BASE, "axes": {
+        "model.depth": [1], "seed": [0, 1, 2], "task.n_id": [16, 64], "task.alpha": [0.5]}}, sort_keys=False))
+    run = launch_into(grid, tmp_path / "run")
+    finish(run, lambda c: HIGH if c["task.n_id"] == 64 and c["seed"] != 1 else LOW)
+    ref, out = refine(run)
+    assert [(dict(a.cell.coords)["task.n_id"], a.cell.seeds) for a in ref.seeds + ref.midpoints] == [
+        (64, (3, 4, 5)), (32, (0, 1, 2))]  # a midpoint gets the seed axis's values
+    write_grid(ref, out)
+    assert [t.trial_id for t in expand(load_grid(out))] == [t.trial_id for t in expand(ref.spec)]
+    assert [t.trial_id for t in check_extension(run, load_grid(out), expand(ref.spec)).new] == [
+        t.trial_id for t in ref.new]
+
+
+def test_trials_without_a_phase_yet_are_counted_in_the_summary(tmp_path):
+    run = make_run(tmp_path, {"model.depth": [1], "task.n_id": [16, 64], "task.alpha": [0.5]}, seeds=2)
+    finish(run, n_id_oracle(lambda c: 40))
+    assert "have no phase yet" not in refine(run)[0].summary
+    frame = read_results(run, "trials")
+    frame.loc[frame["seed"] == 1, "status"] = "running"
+    frame.to_parquet(run / "results" / "trials" / "part-0.parquet", index=False)
+    assert refine(run)[0].summary.endswith("; 2 of the grid's 4 trials have no phase yet (not done, or done since "
+                                           "the last `ray-grok aggregate`)")
+
+
 # ---------------------------------------------------------------------------------------------
 # The written grid: it loads, it extends the run, nothing else changes
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +321,8 @@ def test_bad_run_directories_fail_in_one_line(tmp_path):
         return result.output
 
     assert "is not a ray-grok run directory (no plan.json" in error(tmp_path / "missing")
+    assert f"refine --out {tmp_path / 'no' / 'n.yaml'}: its directory {tmp_path / 'no'} does not exist" in error(
+        tmp_path / "missing", "--out", str(tmp_path / "no" / "n.yaml"))
     (tmp_path / "empty").mkdir()
     assert "is not a ray-grok run directory" in error(tmp_path / "empty")
     run = make_run(tmp_path, {"model.depth": [1], "task.n_id": [16, 64]}, seeds=1)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ConfigError
 from ..sweep.refine import BISECT_AXES, RefineOptions, plan_refinement, report, write_grid
 from .results import _rule, rule_options
 
@@ -42,6 +43,8 @@ def refine_cmd(run_dir: Path, seeds: int | None, agreement: float, bisect: str |
     """
     options = RefineOptions(seeds=seeds, agreement=agreement, bisect=None if bisect is None else (bisect,),
                             rule=_rule(metric, threshold, time))
+    if out is not None and not dry_run and not out.parent.is_dir():  # before any work, not after it
+        raise ConfigError(f"refine --out {out}: its directory {out.parent} does not exist")
     out = out if out is not None else run_dir / NEXT_GRID
     refinement = plan_refinement(run_dir, options, out)
     if not (dry_run or refinement.empty):

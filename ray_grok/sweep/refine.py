@@ -158,7 +158,8 @@ def plan_refinement(run_dir: Path, options: RefineOptions, out: Path) -> Refinem
         raise MissingResultsError(f"RUN_DIR {run_dir}: no trial has finished yet (results/trials holds none "
                                   "done): nothing to refine; run `ray-grok aggregate` once some are done")
     keys = list(table.columns[:table.columns.get_loc("phase")])
-    planned = _planned(spec, expand(spec), table_facets(table))
+    planned_trials = expand(spec)
+    planned = _planned(spec, planned_trials, table_facets(table))
     total = options.seeds or 2 * len(_grid_seeds(spec))
 
     seeds, skipped = [], []
@@ -182,6 +183,10 @@ def plan_refinement(run_dir: Path, options: RefineOptions, out: Path) -> Refinem
     contested = int((known["agreement"] < options.agreement).sum())
     summary = (f"{len(known)} cells with results, {contested} contested (agreement < {options.agreement:g}), "
                f"{n_boundaries} boundaries along {' and '.join(k.split('.')[-1] for k in axes) or 'no axis'}")
+    waiting = len(planned_trials) - int(known["n_seeds"].sum())
+    if waiting > 0:  # their cells are judged by the seeds that have a phase
+        summary += (f"; {waiting} of the grid's {len(planned_trials)} trials have no phase yet (not done, or "
+                    "done since the last `ray-grok aggregate`)")
     return Refinement(run_dir, next_spec, tuple(seeds), tuple(midpoints), tuple(skipped), tuple(new),
                       estimate((t.config for t in new), next_spec.resources.gpu), summary)
 
