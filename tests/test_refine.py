@@ -193,6 +193,17 @@ def test_midpoints_follow_each_facet_separately(tmp_path):
     assert ref.midpoints[0].why.startswith("lr 0.001, depth 1, alpha 0.5:")
 
 
+def test_a_facet_with_one_value_in_the_results_so_far_still_names_the_cell(tmp_path):
+    axes = {"model.depth": [1], "task.n_id": [16, 64], "task.alpha": [0.5], "train.lr": [0.001, 0.0001]}
+    run = make_run(tmp_path, axes, seeds=1)
+    finish(run, n_id_oracle(lambda c: 40))
+    frame = read_results(run, "trials")
+    frame = frame[frame["train.lr"] == 0.0001]  # only lr 1e-4 has results yet: lr is no facet of the table
+    frame.to_parquet(run / "results" / "trials" / "part-0.parquet", index=False)
+    ref, _ = refine(run)
+    assert [(c["train.lr"], c["task.n_id"]) for c in cells_added(ref)] == [(0.0001, 32)]
+
+
 def test_a_refused_geometric_midpoint_gives_the_nearest_valid_n_id(tmp_path):
     base = {**BASE, "train": {"steps": 100, "batch_size": 384}}  # 23 does not divide it, 24 does
     run = make_run(tmp_path, {"model.depth": [1], "task.n_id": [8, 64], "task.alpha": [0.5]}, seeds=1, base=base)

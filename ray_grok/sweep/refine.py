@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..errors import ConfigError, MissingResultsError, RunDirError
 from ..io import atomic_write_text
-from ..results.cells import ALPHA_DECIMALS, cell_keys, facet_text, table_facets
+from ..results.cells import ALPHA_DECIMALS, CELL_KEYS, cell_keys, clean_column, facet_keys, facet_text, table_facets
 from ..results.phases import ABBREVIATIONS, MISSING, PhaseRule, phase_table, read_results
 from ..results.plan import PLAN_FILE
 from ..trial.config import config_from_dict, merge
@@ -115,6 +115,19 @@ def _planned(spec: GridSpec, trials: list[PlannedTrial], facets: list[str]) -> d
     return cells
 
 
+def _with_grid_facets(known: pd.DataFrame, results: pd.DataFrame, trials: list[PlannedTrial]
+                      ) -> tuple[pd.DataFrame, list[str]]:
+    """The phase table's rows keyed by the grid's facets too: a swept key of which the results hold
+    one value so far (the other value's trials not done) is no facet of the table, but two cells of
+    the grid differ in it, and each addition must name the right one."""
+    facets = table_facets(known)
+    for key in facet_keys(pd.DataFrame([t.config.flat() for t in trials])):
+        if key not in facets and key in results.columns:
+            known = known.assign(**{key: clean_column(results[key], key).iloc[0]})
+            facets.append(key)
+    return known, facets
+
+
 def _axis_names(spec: GridSpec) -> list[str]:
     return [a.key for a in spec.axes if a.key != "seed"]
 
@@ -152,14 +165,16 @@ def plan_refinement(run_dir: Path, options: RefineOptions, out: Path) -> Refinem
     _check_run(run_dir)
     spec = stored_grid(run_dir)
     axes = _bisect_axes(spec, options)
-    table = phase_table(read_results(run_dir, "trials"), options.rule)
+    results = read_results(run_dir, "trials")
+    table = phase_table(results, options.rule)
     known = table[table["phase"] != MISSING]
     if known.empty:
         raise MissingResultsError(f"RUN_DIR {run_dir}: no trial has finished yet (results/trials holds none "
                                   "done): nothing to refine; run `ray-grok aggregate` once some are done")
-    keys = list(table.columns[:table.columns.get_loc("phase")])
     planned_trials = expand(spec)
-    planned = _planned(spec, planned_trials, table_facets(table))
+    known, facets = _with_grid_facets(known, results, planned_trials)
+    keys = [*facets, *CELL_KEYS]
+    planned = _planned(spec, planned_trials, facets)
     total = options.seeds or 2 * len(_grid_seeds(spec))
 
     seeds, skipped = [], []
