@@ -18,7 +18,7 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_every_command_is_listed():
     assert main.list_commands(None) == sorted(["train", "config", "launch", "status", "aggregate", "phases", "plot",
-                                               "task"])
+                                               "task", "refine"])
 
 
 def test_config_lists_every_key_with_default_and_meaning():

@@ -18,7 +18,7 @@ from .trial import config_cmd, train
 
 # Commands whose module imports pandas (half a second or more): loaded when they are run, so that
 # every other command, and every refusal of bad input, starts without it
-LAZY = {"phases": "results:phases_cmd", "plot": "results:plot_cmd"}
+LAZY = {"phases": "results:phases_cmd", "plot": "results:plot_cmd", "refine": "refine:refine_cmd"}
 
 
 class _Main(click.Group):

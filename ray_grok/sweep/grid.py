@@ -10,6 +10,7 @@
     resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
     run: {max_concurrent: 2, max_failures: 2}
     # run: {settle: majority, phase_rule: {threshold: 0.5}}  # skip the seeds of settled cells
+    extra: [{model.depth: 2, task.n_id: 24, task.alpha: 0.6, seeds: [3, 4]}]  # cells beyond the product (extra.py)
 
 Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
 the valid ones), wrong types, and every expanded trial config by the trial's own rules
@@ -36,6 +37,8 @@ from ..io import UniqueKeyLoader, yaml_error_line
 from ..trial.config import MAX_SEED, VALID_KEYS, TrialConfig, config_from_dict, flatten, merge
 from ..trial.fields import Checked, describe, doc, suggest
 from .phase_rule import PhaseRuleSettings
+from .axes import axis_values
+from .extra import ExtraCell, extra_count, extra_points, parse_extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +110,7 @@ class GridSpec:
     resources: Resources
     run: RunSettings
     description: str = ""
+    extra: tuple[ExtraCell, ...] = ()  # cells outside the product, expanded after it (extra.py)
 
     def canonical(self) -> dict[str, Any]:
         """What defines the experiment and how it runs: equal for two files that differ only in
@@ -118,6 +122,7 @@ class GridSpec:
             "resources": self.resources.as_ray(),
             # max_trials is a guard, not how the sweep runs: raising it is not a change of grid
             "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings) if f.name != "max_trials"},
+            **({"extra": [c.as_dict() for c in self.extra]} if self.extra else {}),
         }
 
 
@@ -129,7 +134,7 @@ class PlannedTrial:
     config: TrialConfig
 
 
-TOP_KEYS = ("name", "description", "base", "axes", "seeds", "resources", "run")
+TOP_KEYS = ("name", "description", "base", "axes", "seeds", "resources", "run", "extra")
 # short ids for the paper's axes; other keys use their last dotted component
 ID_ABBREV = {"model.depth": "d", "task.n_id": "n", "task.alpha": "a", "seed": "s"}
 
@@ -196,74 +201,20 @@ def grid_from_dict(data: Any, source: str = "<grid>", default_name: str = "grid"
             fail(f"unknown config key axes.{key}{suggest(str(key), VALID_KEYS)}; valid keys: {', '.join(VALID_KEYS)}")
         if key in base:
             fail(f"{key} is both in base ({base[key]!r}) and in axes: set it in one place")
-        axes.append(Axis(key, _axis_values(key, spec, fail, run.max_trials)))
+        axes.append(Axis(key, axis_values(key, spec, fail, run.max_trials)))
 
     seeds = _seeds(data.get("seeds", 1), "seed" in axes_raw, fail, run.max_trials)
-    count = math.prod(len(a.values) for a in axes) * max(1, len(seeds))
+    extra = parse_extra(data.get("extra"), axes, seeds, fail, lambda v, f: _seeds(v, False, f, run.max_trials))
+    count = math.prod(len(a.values) for a in axes) * max(1, len(seeds)) + extra_count(extra)
     if count > run.max_trials:  # counted, not expanded: a typo in an axis can make millions
         fail(f"the grid has {count:,} trials ({' x '.join(str(len(a.values)) for a in axes) or '1'}"
-             f"{f' x {len(seeds)} seeds' if seeds else ''}); at most run.max_trials = {run.max_trials:,} is allowed "
+             f"{f' x {len(seeds)} seeds' if seeds else ''}{f' + {extra_count(extra)} extra' if extra else ''}); at most run.max_trials = {run.max_trials:,} is allowed "
              "(raise run.max_trials if you mean it)")
 
     spec = GridSpec(name=name, source=source, base=base, axes=tuple(axes), seeds=seeds,
-                    resources=resources, run=run, description=description)
+                    resources=resources, run=run, description=description, extra=extra)
     expand(spec)  # validates every trial config now, before anything starts
     return spec
-
-
-def _axis_values(key: str, spec: Any, fail, most: int) -> tuple[Any, ...]:
-    forms = "a list of values, {range: {from, to, step}} or {pow2: {from, to}}"
-    if isinstance(spec, list):
-        values = list(spec)
-    elif isinstance(spec, Mapping) and len(spec) == 1 and next(iter(spec)) in ("range", "pow2"):
-        kind, args = next(iter(spec.items()))
-        want = ("from", "to", "step") if kind == "range" else ("from", "to")
-        if not isinstance(args, Mapping) or set(args) != set(want):
-            fail(f"axes.{key}.{kind} must be a mapping with keys {', '.join(want)}, got {args!r}")
-        for k in want:
-            if isinstance(args[k], bool) or not isinstance(args[k], (int, float)) or not math.isfinite(args[k]):
-                fail(f"axes.{key}.{kind}.{k} must be a finite number, got {args[k]!r}")
-        values = _range(key, args, fail, most) if kind == "range" else _pow2(key, args, fail)
-    else:
-        fail(f"axes.{key} must be {forms}, got {spec!r}")
-    if not values:
-        fail(f"axes.{key} has no values")
-    for v in values:
-        if isinstance(v, (Mapping, list)):
-            fail(f"axes.{key} values must be single values, got {v!r}")
-    if len({repr(v) for v in values}) != len(values):
-        fail(f"axes.{key} lists a value twice: {values!r}")
-    return tuple(values)
-
-
-def _range(key: str, args: Mapping, fail, most: int) -> list:
-    start, stop, step = args["from"], args["to"], args["step"]
-    if step <= 0:
-        fail(f"axes.{key}.range.step must be > 0, got {step!r}")
-    if stop < start:
-        fail(f"axes.{key}.range.to must be >= from, got from {start!r} to {stop!r}")
-    ints = all(isinstance(v, int) for v in (start, stop, step))
-    steps = (stop - start) // step if ints else (stop - start) / step  # counted before any value is built
-    if not steps + 1 <= most:  # also catches the inf of a step far below the span
-        count = f"{steps + 1:,}" if ints else f"{steps + 1:,.0f}"
-        fail(f"axes.{key}.range gives {count} values (from {start!r} to {stop!r} step {step!r}); "
-             f"a grid has at most run.max_trials = {most:,} trials")
-    n = round(steps)
-    if abs(start + n * step - stop) > 1e-9 * max(1.0, abs(stop)):
-        fail(f"axes.{key}.range: to - from must be a whole number of steps, got from {start!r} "
-             f"to {stop!r} step {step!r}")
-    # rounding keeps 0.2 + 3 * 0.1 == 0.5, so ids and directories read as the grid does
-    return [start + i * step if ints else round(start + i * step, 12) for i in range(n + 1)]
-
-
-def _pow2(key: str, args: Mapping, fail) -> list:
-    start, stop = args["from"], args["to"]
-    if not (isinstance(start, int) and isinstance(stop, int)) or start < 1:
-        fail(f"axes.{key}.pow2 from and to must be integers >= 1, got from {start!r} to {stop!r}")
-    ratio = stop // start  # integers all the way: a float ratio overflows for a huge 'to'
-    if stop < start or stop % start or ratio & (ratio - 1):
-        fail(f"axes.{key}.pow2.to must be from times a power of two, got from {start} to {stop}")
-    return [start << i for i in range(ratio.bit_length())]
 
 
 def _seeds(value: Any, seed_is_axis: bool, fail, most: int) -> tuple[int, ...]:
@@ -302,7 +253,8 @@ def _section(cls: type[_GridSection], data: Any, fail) -> Any:
 
 def expand(spec: GridSpec) -> list[PlannedTrial]:
     """Every trial of the grid, seeds outermost (a partial sweep covers the whole diagram with
-    fewer seeds first), then the axes in file order. Each config is validated here."""
+    fewer seeds first), then the axes in file order, then the extra cells' trials that the product
+    does not hold. Each config is validated here."""
     keys = [a.key for a in spec.axes]
     if not spec.seeds:  # seed is an axis
         value_lists = [a.values for a in spec.axes]
@@ -314,11 +266,13 @@ def expand(spec: GridSpec) -> list[PlannedTrial]:
     short = _short_names(keys)
     order = ([len(keys) - 1] + list(range(len(keys) - 1))) if seed_first else list(range(len(keys)))
 
+    points = [dict(zip((keys[i] for i in order), combo)) for combo in itertools.product(*(value_lists[i] for i in order))]
+    n_product = len(points)
+    points += extra_points(spec.extra, keys)
     trials, seen_ids, seen_dirs = [], set(), set()
-    for combo in itertools.product(*(value_lists[i] for i in order)):
-        values = dict(zip((keys[i] for i in order), combo))
+    for n, values in enumerate(points):
         coords = {k: values[k] for k in keys}
-        label = " ".join(f"{short[k]}={_fmt(v)}" for k, v in coords.items())
+        label = " ".join(f"{short[k]}={_fmt(v)}" for k, v in coords.items()) + (" (extra)" if n >= n_product else "")
         try:
             cfg = config_from_dict(merge({}, {**spec.base, **coords}))
         except ConfigError as exc:
@@ -326,6 +280,8 @@ def expand(spec: GridSpec) -> list[PlannedTrial]:
         flat = cfg.flat()
         coords = {k: flat[k] for k in keys}  # as the config reads them: YAML's '1.0e12' string is a float
         trial = PlannedTrial(_trial_id(coords, cfg), _trial_dir(coords, short), coords, cfg)
+        if n >= n_product and trial.trial_id in seen_ids:  # an extra cell's trial held already: the same trial
+            continue
         if trial.trial_id in seen_ids or trial.dir in seen_dirs:
             raise GridError(f"{spec.source}: trial {label} repeats another trial; are two axis values equal?")
         seen_ids.add(trial.trial_id)
@@ -394,4 +350,4 @@ def describe_axes(spec: GridSpec) -> str:
     if spec.seeds:
         parts.append(f"seeds {len(spec.seeds)}" if spec.seeds == tuple(range(len(spec.seeds)))
                      else f"seeds {values(spec.seeds)}")
-    return " x ".join(parts) or "one trial"
+    return (" x ".join(parts) or "one trial") + (f" + {len(spec.extra)} extra cells" if spec.extra else "")
