@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -121,7 +121,7 @@ class GridSpec:
             "seeds": list(self.seeds),
             "resources": self.resources.as_ray(),
             # max_trials is a guard, not how the sweep runs: raising it is not a change of grid
-            "run": {f.name: getattr(self.run, f.name) for f in fields(RunSettings) if f.name != "max_trials"},
+            "run": {k: v for k, v in asdict(self.run).items() if k != "max_trials"},
             **({"extra": [c.as_dict() for c in self.extra]} if self.extra else {}),
         }
 

@@ -8,14 +8,14 @@ original stays in RUN_DIR/grid.yaml.
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from ..trial.config import unflatten
 from .extra import ExtraCell
-from .grid import GridSpec, RunSettings
+from .grid import GridSpec
 
 
 def _flow(value: Any) -> str:
@@ -40,7 +40,7 @@ def grid_yaml(spec: GridSpec, header: Sequence[str] = (), why: Mapping[tuple, st
     if spec.seeds:  # else seed is an axis
         top["seeds"] = _seeds(spec.seeds)
     top["resources"] = spec.resources.as_ray()
-    top["run"] = {f.name: getattr(spec.run, f.name) for f in fields(RunSettings)}
+    top["run"] = asdict(spec.run)  # nested settings (phase_rule) as mappings, as a grid file gives them
     lines = [f"# {h}" for h in header]
     for key, value in top.items():  # one section a block, short mappings and lists on one line
         lines.append(_block(key, value))
