@@ -37,17 +37,11 @@ from ray_grok.trial.schema import (
     STATUS_FILE,
 )
 
+from test_sweep import TINY_BASE  # the tiny trial every real-Ray sweep test runs
+
 NF, IM, IG, OM, OG = PHASES
 FITS = {NF: (0, 0, 0, 0), IM: (1, 0, 0, 0), IG: (1, 1, 0, 0), OM: (1, 0, 1, 0), OG: (1, 1, 1, 1)}
 
-TINY_BASE = {
-    "task": {"p": 7, "rule": "random", "n_ood": 8, "n_examples": 8},
-    "model": {"width": 32, "heads": 2},
-    "train": {"steps": 60, "batch_size": 16, "lr": 3e-3, "warmup_steps": 10},
-    "eval": {"every": 20, "batches": 1},
-    "checkpoint": {"every": 20},
-    "runtime": {"device": "cpu", "log_every": 20},
-}
 
 
 def grid_data(name: str = "settle", seeds: int = 3, **run) -> dict:

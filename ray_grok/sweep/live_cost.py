@@ -72,7 +72,7 @@ class LiveCost:
 def live_cost(run_dir: Path, states: list[TrialState]) -> LiveCost | None:
     """The cost left of STATES (sweep_status's); None when RUN_DIR's grid is missing or its resources
     do not read (then nothing says what a trial costs)."""
-    res = _resources(run_dir)
+    res = grid_resources(run_dir)
     if res is None:
         return None
     gpu = res.gpu > 0
@@ -113,7 +113,7 @@ def live_cost(run_dir: Path, states: list[TrialState]) -> LiveCost | None:
     return LiveCost("GPU" if gpu else "CPU core", per_trial, assumed, pooled, tuple(depths), unread)
 
 
-def _resources(run_dir: Path) -> Resources | None:
+def grid_resources(run_dir: Path) -> Resources | None:
     """The grid's resources section alone: validating the whole grid expands every trial (a second
     for the full grid), and status stays fast."""
     if not (run_dir / GRID_FILE).exists():

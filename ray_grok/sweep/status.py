@@ -15,7 +15,7 @@ from ..results.plan import read_plan
 from ..trial.config import config_from_dict
 from ..trial.schema import CONFIG_FILE, DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
 from .cost import CostEstimate, estimate
-from .live_cost import LiveCost, cost_lines, live_cost
+from .live_cost import LiveCost, cost_lines, grid_resources, live_cost
 from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, stored_grid, trial_states
 
 # status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
@@ -90,7 +90,8 @@ def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | Non
     """cost.py's estimate of the skipped trials (on the stored grid's resources): what skipping saved."""
     if not skipped:
         return None
-    gpus = stored_grid(run_dir).resources.gpu
+    # the resources section alone (fast); the whole grid's error if that cannot be read
+    gpus = (grid_resources(run_dir) or stored_grid(run_dir).resources).gpu
     return estimate((config_from_dict(read_json(run_dir / s.entry.dir / CONFIG_FILE)) for s in skipped), gpus)
 
 
