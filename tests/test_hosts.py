@@ -232,7 +232,7 @@ def test_smoke_grid_runs_on_a_ray_cluster_across_two_hosts(run_dir):
     res = ray_grok("launch", "grids/smoke.yaml", "--cluster", PROFILE, "--out", run_dir, "--wait")
     assert res.returncode == 0, res.stdout + res.stderr
     job_id = submitted_job_id(res.stdout)
-    assert "'complete': True" in res.stdout, res.stdout
+    assert f"ray-grok status {run_dir}" in res.stdout and "'complete': True" in res.stdout, res.stdout
     logs = [(run_dir / f"slurm/{job_id}/{job_id}_{rank}_log.out").read_text() for rank in (0, 1)]
     assert "Ray cluster up: 2 nodes" in logs[0]
     assert f"[ray-grok task 0/2 on {HEAD}] starting the Ray head at {HOSTS[HEAD]['data_ip']}:" in logs[0]

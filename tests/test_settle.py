@@ -24,6 +24,7 @@ from ray_grok.errors import GridError
 from ray_grok.results.aggregate import aggregate
 from ray_grok.results.phases import PHASES, PhaseRule, majority_phase, phase_table
 from ray_grok.results.plan import read_plan
+from ray_grok.sweep import launch as launch_module
 from ray_grok.sweep.cost import dry_run_text
 from ray_grok.sweep.grid import expand, grid_from_dict, load_grid
 from ray_grok.sweep.rundir import prepare, resolve
@@ -330,6 +331,14 @@ def test_a_sweep_with_settle_skips_the_last_seed_and_a_launch_without_it_runs_it
     assert status.exit_code == 0 and "skipped: settled 1" in status.output and "saved about" in status.output
     trials = pd.read_parquet(out / "results" / "trials").set_index("trial_id")
     assert trials.loc[plan.entries[2].trial_id, "status"] == "skipped: settled"
+
+    # the same grid again: nothing is left to train, so Ray is not started at all
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(launch_module, "_ray", lambda spec: pytest.fail("a launch with nothing to train started Ray"))
+        again = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "2 done, 0 errored, 0 unfinished, 1 skipped" in again.output
+    assert json.loads((out / plan.entries[2].dir / STATUS_FILE).read_text())["state"] == SKIPPED
 
     # the same grid without settle: the skipped trial runs; the finished ones are kept
     data["run"].pop("settle")

@@ -39,7 +39,7 @@ from .rundir import (
     read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_session, scoped_env
-from .settle import gate_for
+from .settle import gate_for, still_settled
 from .trainable import make_trainable
 
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -122,13 +122,14 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
     check_tune_state(run_dir, driver)
     existing = (run_dir / PLAN_FILE).exists()
     diff = check_extension(run_dir, spec, launch.trials) if existing else None
-    states = Counter(s.state for s in grid_states(run_dir, launch.trials)) if existing else Counter()
+    grid = grid_states(run_dir, launch.trials) if existing else []
+    states = Counter(s.state for s in grid)
     echo(f"{'resuming' if existing else 'launching'} {spec.name}: {len(launch.trials)} trials in {run_dir}"
          + (f" ({states[DONE]} done, {states[FAILED]} errored, {states[RUNNING] + states[INTERRUPTED]} "
             f"interrupted, {states[PENDING]} pending{_skipped_note(states[SKIPPED], spec)})" if existing else ""))
     if diff is not None and diff.changed:
         echo(f"the grid changed: extending the sweep: {diff.summary()}")
-    work = states[DONE] < len(launch.trials)
+    work = not existing or _work_left(run_dir, spec, grid)
     try:
         with _ray(spec) if work else contextlib.nullcontext({}) as timing:  # checks that a trial fits
             prepare(run_dir, spec, launch.grid_text, launch.trials)
@@ -162,6 +163,18 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
          f"{format_duration(wall)}; results: {summary.path}/{{trials,curves}} ({summary.trials} trials, "
          f"{summary.curve_rows} curve rows)")
     return SweepOutcome(run_dir, dict(counts), summary, wall, existing, **timing)
+
+
+def _work_left(run_dir: Path, spec: GridSpec, grid: list[TrialState]) -> bool:
+    """Whether this launch needs Ray and Tune: a trial is not done, unless it is skipped as settled
+    and settle would skip it again (then there is nothing to train)."""
+    left = [s for s in grid if s.state != DONE]
+    if any(s.state != SKIPPED for s in left):
+        return True
+    if not left:
+        return False
+    return spec.run.settle == "off" or not still_settled(run_dir, [s.entry.trial_id for s in left],
+                                                          spec.run.phase_rule.rule())
 
 
 def _skipped_note(skipped: int, spec: GridSpec) -> str:

@@ -118,6 +118,13 @@ def settle_evidence(run_dir: Path, plan: Plan, trial_id: str, rule: PhaseRule) -
     return Settled(phase, {e.trial_id: p for e, p in zip(entries, phases)}, rule.describe())
 
 
+def still_settled(run_dir: Path, trial_ids: Sequence[str], rule: PhaseRule) -> bool:
+    """Whether the gate would skip every one of TRIAL_IDS again: their cells are still settled by
+    their finished seeds (under RULE, which a changed grid may have changed)."""
+    plan = read_plan(run_dir)
+    return all(settle_evidence(run_dir, plan, t, rule) is not None for t in trial_ids)
+
+
 def skipped_reason(status: Mapping[str, Any]) -> str | None:
     """'settled' for a trial skipped by settle (None for any other status)."""
     return status.get("reason") if status.get("state") == SKIPPED else None
