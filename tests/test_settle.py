@@ -250,6 +250,36 @@ def test_the_grids_rule_decides_the_phase(run, tmp_path):
     assert settle_evidence(run.run_dir, plan, ids(run, 4)[2], PhaseRule(threshold=0.99)).phase == NF
 
 
+def test_whether_a_launch_has_work_is_decided_on_the_grid_it_launches(tmp_path):
+    """A launch starts Ray only if a trial is left to train; a skipped trial counts as left when
+    its cell in the grid being launched (not the stored one) is no longer settled."""
+    one_cell = grid_data(settle="majority")
+    one_cell["axes"] = {"task.n_id": [4]}
+
+    def launch_of(name: str, **changes):
+        return resolve(write_grid(tmp_path / f"{name}.yaml", {**one_cell, **changes}), tmp_path / "run", False)
+
+    def work(launch) -> bool:
+        return launch_module._work_left(launch.run_dir, launch.spec, launch_module.grid_states(launch.run_dir,
+                                                                                               launch.trials))
+
+    first = launch_of("first")
+    prepare(first.run_dir, first.spec, first.grid_text, first.trials)
+    s0, s1, s2 = (first.run_dir / t.dir for t in first.trials)
+    finish(s0, NF)
+    finish(s1, NF)
+    assert gate(first).skip(first.trials[2].trial_id, s2, 60) is not None
+    assert not work(first)  # 2 done, the third skipped and still settled: nothing to train
+    assert work(launch_of("off", run={**one_cell["run"], "settle": "off"}))  # without settle it trains
+
+    # seeds 1 and 2 only: the cell {s1 NF, s2 ?} is not settled, so seed 2 must train
+    assert work(launch_of("later", seeds=[1, 2]))
+    # seed 2 retired by a 2-seed grid, then the 3-seed grid again: still settled, no crash
+    fewer = launch_of("fewer", seeds=2)
+    prepare(fewer.run_dir, fewer.spec, fewer.grid_text, fewer.trials)
+    assert not work(launch_of("again"))
+
+
 def test_skipped_trials_show_in_status_the_tables_and_the_dry_run(run):
     a0, a1, a2 = dirs(run, 4)
     finish(a0, IM)

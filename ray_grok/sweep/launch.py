@@ -32,7 +32,7 @@ from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED
 from .callbacks import sweep_callbacks
-from ..results.plan import PLAN_FILE, PlanEntry
+from ..results.plan import PLAN_FILE, Plan, PlanEntry
 from .grid import GridSpec, PlannedTrial
 from .rundir import (
     LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive, prepare,
@@ -173,7 +173,8 @@ def _work_left(run_dir: Path, spec: GridSpec, grid: list[TrialState]) -> bool:
         return True
     if not left:
         return False
-    return spec.run.settle == "off" or not still_settled(run_dir, [s.entry.trial_id for s in left],
+    plan = Plan(spec.name, tuple(s.entry for s in grid), spec.run.max_failures)
+    return spec.run.settle == "off" or not still_settled(run_dir, plan, [s.entry.trial_id for s in left],
                                                           spec.run.phase_rule.rule())
 
 

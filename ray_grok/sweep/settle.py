@@ -118,10 +118,10 @@ def settle_evidence(run_dir: Path, plan: Plan, trial_id: str, rule: PhaseRule) -
     return Settled(phase, {e.trial_id: p for e, p in zip(entries, phases)}, rule.describe())
 
 
-def still_settled(run_dir: Path, trial_ids: Sequence[str], rule: PhaseRule) -> bool:
-    """Whether the gate would skip every one of TRIAL_IDS again: their cells are still settled by
-    their finished seeds (under RULE, which a changed grid may have changed)."""
-    plan = read_plan(run_dir)
+def still_settled(run_dir: Path, plan: Plan, trial_ids: Sequence[str], rule: PhaseRule) -> bool:
+    """Whether the gate would skip every one of TRIAL_IDS again: their cells in PLAN (the grid
+    being launched, not the stored plan: a changed grid may have changed a cell's seeds) are still
+    settled by their finished seeds under RULE (which the grid may have changed too)."""
     return all(settle_evidence(run_dir, plan, t, rule) is not None for t in trial_ids)
 
 
