@@ -307,6 +307,22 @@ def test_skipped_trials_show_in_status_the_tables_and_the_dry_run(run):
     assert "skipped so far as settled: 1 trials" in text and "they stay skipped while their cells stay settled" in text
 
 
+@pytest.mark.parametrize("damage", ["no grid file", "a grid file status cannot read", "no config"])
+def test_status_with_skips_goes_on_without_the_grid_or_a_skipped_trials_config(run, damage):
+    a0, a1, a2 = dirs(run, 4)
+    finish(a0, IM)
+    finish(a1, IM)
+    gate(run).skip(ids(run, 4)[2], a2, 60)
+    if damage == "no grid file":
+        (run.run_dir / "grid.yaml").unlink()
+    elif damage == "a grid file status cannot read":
+        (run.run_dir / "grid.yaml").write_text("resources: {cpu: 0}\n")
+    else:
+        (a2 / "config.json").unlink()
+    text = format_status(sweep_status(run.run_dir))
+    assert "skipped: settled 1" in text and "saved about" not in text  # the count, without a cost
+
+
 def test_most_skippable_is_the_last_seeds_of_each_cell():
     # 2 and 4 seeds: half of them, after OG seeds (a tie is OG's); 3 and 5: fewer than half
     for seeds, per_cell in ((1, 0), (2, 1), (3, 1), (4, 2), (5, 2)):

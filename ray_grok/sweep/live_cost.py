@@ -85,7 +85,7 @@ def live_cost(run_dir: Path, states: list[TrialState]) -> LiveCost | None:
     for s in states:
         if s.state in (FAILED, SKIPPED):  # a skipped trial (settled) is not left to train
             continue
-        cfg = _config(run_dir / s.entry.dir)
+        cfg = trial_config(run_dir / s.entry.dir)
         if cfg is None:
             unread += s.state != DONE
             continue
@@ -126,7 +126,8 @@ def grid_resources(run_dir: Path) -> Resources | None:
         return None
 
 
-def _config(trial_dir: Path) -> TrialConfig | None:
+def trial_config(trial_dir: Path) -> TrialConfig | None:
+    """The trial's stored config; None where it is missing or unreadable (status goes on without it)."""
     data = read_json_or(trial_dir / CONFIG_FILE, None)
     try:
         return None if data is None else config_from_dict(data)

@@ -10,13 +10,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import format_duration, read_json
+from ..io import format_duration
 from ..results.plan import read_plan
-from ..trial.config import config_from_dict
-from ..trial.schema import CONFIG_FILE, DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
+from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
 from .cost import CostEstimate, estimate
-from .live_cost import LiveCost, cost_lines, grid_resources, live_cost
-from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, stored_grid, trial_states
+from .live_cost import LiveCost, cost_lines, grid_resources, live_cost, trial_config
+from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
 
 # status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
 ERRORED = "errored"  # status.json says failed
@@ -87,12 +86,14 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
 
 
 def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | None:
-    """cost.py's estimate of the skipped trials (on the stored grid's resources): what skipping saved."""
-    if not skipped:
+    """cost.py's estimate of the skipped trials (on the stored grid's resources): what skipping saved.
+    None where nothing was skipped, or where the grid's resources or every skipped trial's config
+    cannot be read: status goes on without the figure (as live_cost does)."""
+    resources = grid_resources(run_dir)  # the resources section alone: fast
+    configs = [c for c in (trial_config(run_dir / s.entry.dir) for s in skipped) if c is not None]
+    if resources is None or not configs:
         return None
-    # the resources section alone (fast); the whole grid's error if that cannot be read
-    gpus = (grid_resources(run_dir) or stored_grid(run_dir).resources).gpu
-    return estimate((config_from_dict(read_json(run_dir / s.entry.dir / CONFIG_FILE)) for s in skipped), gpus)
+    return estimate(configs, resources.gpu)
 
 
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
