@@ -405,3 +405,15 @@ def test_extra_cells_count_toward_max_trials():
     with pytest.raises(GridError, match=r"the grid has 13 trials \(2 x 2 x 1 x 2 seeds \+ 5 extra\)"):
         grid_from_dict({**GRID, "extra": extra, "run": {"max_trials": 12}})
 
+
+
+def test_a_refinement_over_the_grids_max_trials_is_refused_before_a_file_is_written(tmp_path):
+    run = make_run(tmp_path, {"model.depth": [1], "task.n_id": [8, 64], "task.alpha": [0.4]}, seeds=3,
+                   run={"max_trials": 6})
+    finish(run, lambda c: HIGH if c["task.n_id"] >= 32 else LOW)
+    with pytest.raises(ConfigError, match=r"refine would add 3 trials to the grid's 6, 9 in all, over its "
+                                          r"run.max_trials = 6"):
+        refine(run)
+    result = CliRunner().invoke(main, ["refine", str(run)])
+    assert result.exit_code == 1 and "run.max_trials = 6" in result.output, result.output
+    assert not (run / "next.yaml").exists()

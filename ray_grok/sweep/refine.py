@@ -194,6 +194,11 @@ def plan_refinement(run_dir: Path, options: RefineOptions, out: Path) -> Refinem
 
     next_spec = replace(spec, source=str(out), extra=_merged(spec.extra, [a.cell for a in seeds + midpoints]))
     trials = expand(next_spec)  # validates every new trial config, as a launch would
+    if len(trials) > spec.run.max_trials:  # a launch of the written grid would refuse it
+        raise ConfigError(
+            f"refine would add {len(trials) - len(planned_trials)} trials to the grid's {len(planned_trials)}, "
+            f"{len(trials)} in all, over its run.max_trials = {spec.run.max_trials}: launch the run's grid with a "
+            "higher run.max_trials (not a change of grid), or refine with fewer --seeds or without --bisect")
     new = check_extension(run_dir, next_spec, trials).new  # and proves the grid extends the run
     contested = int((known["agreement"] < options.agreement).sum())
     summary = (f"{len(known)} cells with results, {contested} contested (agreement < {options.agreement:g}), "
