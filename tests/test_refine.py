@@ -388,6 +388,8 @@ def test_extra_cells_add_trials_named_as_the_products_and_merge_with_it():
      "extra[0].task.alfa is not an axis of this grid (did you mean task.alpha?)"),
     ([{"model.depth": 1, "task.n_id": [24], "task.alpha": 0.5}], "extra[0].task.n_id must be a single value, got [24]"),
     ([{"model.depth": 1, "task.n_id": 24, "task.alpha": 0.5, "seeds": 0}], "extra[0].seeds must be a count from 1"),
+    ([{"model.depth": 1, "task.n_id": 24, "task.alpha": 0.5, "seed": 3}],
+     "extra[0].seed: a cell gives its seeds as seeds (a count or a list, e.g. seeds: [3]), got seed: 3"),
     ([{"model.depth": 1, "task.n_id": 24, "task.alpha": 1.5}],
      "trial depth=1 n_id=24 alpha=1.5 seed=0 (extra): task.alpha must be in (0, 1), got 1.5"),
     ([{"model.depth": 1, "task.n_id": 23, "task.alpha": 0.5}], "(extra): train.batch_size must be a multiple of"),
@@ -404,7 +406,6 @@ def test_extra_cells_count_toward_max_trials():
     extra = [{"model.depth": 1, "task.n_id": 24, "task.alpha": 0.5, "seeds": 5}]
     with pytest.raises(GridError, match=r"the grid has 13 trials \(2 x 2 x 1 x 2 seeds \+ 5 extra\)"):
         grid_from_dict({**GRID, "extra": extra, "run": {"max_trials": 12}})
-
 
 
 def test_a_refinement_over_the_grids_max_trials_is_refused_before_a_file_is_written(tmp_path):

@@ -51,6 +51,9 @@ def parse_extra(raw: Any, axes: Sequence[Any], default_seeds: tuple[int, ...], f
         if not isinstance(cell, Mapping):
             fail(f"{where} must be a mapping {form}, got {cell!r}")
         for key in cell:
+            if key == "seed":  # the one key that reads like an axis here but is not one
+                fail(f"{where}.seed: a cell gives its seeds as {SEEDS_KEY} (a count or a list, e.g. "
+                     f"{SEEDS_KEY}: [{cell[key]!r}]), got seed: {cell[key]!r}")
             if key != SEEDS_KEY and key not in names:
                 hint = suggest(str(key), names)
                 fail(f"{where}.{key} is not an axis of this grid{hint} (value {cell[key]!r}); a cell names "
