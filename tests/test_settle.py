@@ -225,6 +225,10 @@ def test_a_trial_that_has_started_is_never_skipped_and_settle_off_never_skips(ru
     finish(a2, None, state=FAILED)  # an earlier attempt failed: the retry goes on
     assert gate(run).skip(ids(run, 4)[2], a2, 60) is None
     assert json.loads((a2 / STATUS_FILE).read_text())["state"] == FAILED
+    (a2 / STATUS_FILE).write_text("{not json")  # damaged: read as no status, but it has checkpoints
+    (a2 / "checkpoints").mkdir()
+    (a2 / "checkpoints" / "latest.pt").write_bytes(b"")
+    assert gate(run).skip(ids(run, 4)[2], a2, 60) is None
     (a2 / STATUS_FILE).unlink()
     assert NoGate().skip(ids(run, 4)[2], a2, 60) is None
     assert isinstance(gate_for("off", run.run_dir, PhaseRule()), NoGate)

@@ -37,7 +37,7 @@ from ..results.cells import cell_keys
 from ..results.phases import PHASES, PhaseRule, classify_trials, majority_phase
 from ..results.plan import Plan, PlanEntry, read_plan
 from ..trial.outputs import status_record
-from ..trial.schema import PENDING, SKIPPED, STATUS_FILE
+from ..trial.schema import CHECKPOINT_DIR, METRICS_FILE, PENDING, SKIPPED, STATUS_FILE
 from ..trial.trialdir import read_status, trial_lock
 from .grid import PlannedTrial
 
@@ -195,8 +195,11 @@ class SettleGate:
         # the trial's lock: a retried attempt's worker may still wind down in OUT
         with trial_lock(out, wait_s=self.lock_wait_s):
             status = read_status(out) or {}
-            if status.get("state", PENDING) not in (PENDING, SKIPPED):
-                return None  # started before: it goes on from its checkpoints
+            # started before: it goes on from its checkpoints (the files say so where a damaged
+            # status.json, set aside and read as none, does not)
+            started = (out / METRICS_FILE).exists() or any((out / CHECKPOINT_DIR).glob("*"))
+            if status.get("state", PENDING) not in (PENDING, SKIPPED) or started:
+                return None
             settled = settle_evidence(self.run_dir, read_plan(self.run_dir), trial_id, self.rule)
             if settled is not None:
                 write_json(out / STATUS_FILE, status_record(SKIPPED, 0, steps, reason=SETTLED,
