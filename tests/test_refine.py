@@ -268,6 +268,11 @@ def test_trials_without_a_phase_yet_are_counted_in_the_summary(tmp_path):
     frame.to_parquet(run / "results" / "trials" / "part-0.parquet", index=False)
     assert refine(run)[0].summary.endswith("; 2 of the grid's 4 trials have no phase yet (not done, or done since "
                                            "the last `ray-grok aggregate`)")
+    # skipped as settled: never to have a phase, so not waiting for one
+    frame.loc[(frame["seed"] == 1) & (frame["task.n_id"] == 16), "status"] = "skipped: settled"
+    frame.to_parquet(run / "results" / "trials" / "part-0.parquet", index=False)
+    assert refine(run)[0].summary.endswith("; 1 of the grid's 4 trials have no phase yet (not done, or done since "
+                                           "the last `ray-grok aggregate`)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -203,7 +203,10 @@ def plan_refinement(run_dir: Path, options: RefineOptions, out: Path) -> Refinem
     contested = int((known["agreement"] < options.agreement).sum())
     summary = (f"{len(known)} cells with results, {contested} contested (agreement < {options.agreement:g}), "
                f"{n_boundaries} boundaries along {' and '.join(k.split('.')[-1] for k in axes) or 'no axis'}")
-    waiting = len(planned_trials) - int(known["n_seeds"].sum())
+    # skipped as settled: they will never have a phase, and their cells are decided without them
+    current = results[~results["retired"].astype(bool)] if "retired" in results else results
+    settled = int(current["status"].astype(str).str.startswith("skipped").sum()) if "status" in current else 0
+    waiting = len(planned_trials) - int(known["n_seeds"].sum()) - settled
     if waiting > 0:  # their cells are judged by the seeds that have a phase
         summary += (f"; {waiting} of the grid's {len(planned_trials)} trials have no phase yet (not done, or "
                     "done since the last `ray-grok aggregate`)")
