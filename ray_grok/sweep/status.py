@@ -89,6 +89,8 @@ def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | Non
     """cost.py's estimate of the skipped trials (on the stored grid's resources): what skipping saved.
     None where nothing was skipped, or where the grid's resources or every skipped trial's config
     cannot be read: status goes on without the figure (as live_cost does)."""
+    if not skipped:  # most sweeps: no second read of the grid file
+        return None
     resources = grid_resources(run_dir)  # the resources section alone: fast
     configs = [c for c in (trial_config(run_dir / s.entry.dir) for s in skipped) if c is not None]
     if resources is None or not configs:
