@@ -308,7 +308,35 @@ def test_skipped_trials_show_in_status_the_tables_and_the_dry_run(run):
 
     text = dry_run_text(run)
     assert "at most 2 trials skipped" in text  # one per cell of 3 seeds
-    assert "skipped so far as settled: 1 trials" in text and "they stay skipped while their cells stay settled" in text
+    assert ("skipped so far as settled: 1 of this grid's trials" in text
+            and "they stay skipped while their cells stay settled" in text)
+
+
+def test_the_dry_run_counts_skips_on_the_grid_it_launches(tmp_path):
+    """--dry-run's "skipped so far" is about the grid being launched: a skipped seed that a changed
+    grid unsettles is said to train, one the grid retires is counted apart, not in the saving."""
+    one_cell = grid_data(settle="majority")
+    one_cell["axes"] = {"task.n_id": [4]}
+
+    def launch_of(name: str, **changes):
+        return resolve(write_grid(tmp_path / f"{name}.yaml", {**one_cell, **changes}), tmp_path / "run", False)
+
+    first = launch_of("first")
+    prepare(first.run_dir, first.spec, first.grid_text, first.trials)
+    s0, s1, s2 = (first.run_dir / t.dir for t in first.trials)
+    finish(s0, NF)
+    finish(s1, NF)
+    assert gate(first).skip(first.trials[2].trial_id, s2, 60) is not None
+
+    text = dry_run_text(launch_of("same"))
+    assert "skipped so far as settled: 1 of this grid's trials" in text
+    assert "they stay skipped while their cells stay settled" in text and "retired" not in text
+    # seeds 1 and 2: the cell {s1 NF, s2 ?} is no longer settled, so seed 2 trains
+    text = dry_run_text(launch_of("later", seeds=[1, 2]))
+    assert "1 of this grid's trials" in text and "0 stay skipped, 1 train in this launch" in text, text
+    # two seeds: seed 2, the skipped one, leaves the grid
+    text = dry_run_text(launch_of("fewer", seeds=2))
+    assert "none of this grid's trials; 1 skipped trials are no longer in the grid (retired)" in text, text
 
 
 @pytest.mark.parametrize("damage", ["no grid file", "a grid file status cannot read", "no config"])

@@ -13,8 +13,9 @@ from ..trial.config import TrialConfig
 from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
 from ..trial.schema import SKIPPED
 from .grid import describe_axes
-from .rundir import Launch, check_extension, existing_plan, trial_states
-from .settle import most_skippable
+from ..results.plan import Plan
+from .rundir import Launch, check_extension, existing_plan, grid_states, trial_states
+from .settle import most_skippable, still_settled
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
 # this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops)
@@ -86,14 +87,7 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
         new_cost = estimate((t.config for t in diff.new), res.gpu, **rate)
         lines += [f"  the run directory holds this sweep already: {diff.summary() if diff.changed else 'unchanged'}",
                   f"  cost of the {len(diff.new)} new trials: {new_cost.summary() if diff.new else 'nothing'}"]
-        skipped = [s for s in trial_states(launch.run_dir) if s.state == SKIPPED]
-        if skipped:
-            by_id = {t.trial_id: t for t in trials}
-            saved = estimate((by_id[s.entry.trial_id].config for s in skipped if s.entry.trial_id in by_id), res.gpu,
-                             **rate)
-            lines.append(f"  skipped so far as settled: {len(skipped)} trials, saving {saved.summary()}; "
-                         + ("they stay skipped while their cells stay settled" if spec.run.settle != "off"
-                            else "this launch runs them (run.settle is off)"))
+        lines += skipped_lines(launch, rate)
     if spec.run.settle != "off":
         best = most_skippable(trials)
         most = estimate((t.config for t in best), res.gpu, **rate)
@@ -102,3 +96,33 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
                      f"{most.summary() if best else 'nothing'}")
     lines.append("nothing was started (--dry-run)")
     return "\n".join(lines)
+
+
+def skipped_lines(launch: Launch, rate: dict) -> list[str]:
+    """The dry run's account of the trials settle skipped so far, judged on the grid being launched
+    (not the stored one): how many of its trials are skipped, what they save, which of them this
+    launch would train because their cells in this grid are no longer settled, and how many skipped
+    trials the grid no longer holds."""
+    spec = launch.spec
+    grid = grid_states(launch.run_dir, launch.trials)
+    skipped = [s for s in grid if s.state == SKIPPED]
+    in_grid = {s.entry.trial_id for s in grid}
+    dropped = sum(1 for s in trial_states(launch.run_dir) if s.state == SKIPPED and s.entry.trial_id not in in_grid)
+    if not skipped and not dropped:
+        return []
+    gone = f"{dropped} skipped trials are no longer in the grid (retired)" if dropped else ""
+    if not skipped:
+        return [f"  skipped so far as settled: none of this grid's trials; {gone}"]
+    by_id = {t.trial_id: t for t in launch.trials}
+    saved = estimate((by_id[s.entry.trial_id].config for s in skipped), spec.resources.gpu, **rate)
+    if spec.run.settle == "off":
+        then = "this launch runs them (run.settle is off)"
+    else:
+        plan = Plan(spec.name, tuple(s.entry for s in grid), spec.run.max_failures)
+        rule = spec.run.phase_rule.rule()
+        stay = sum(still_settled(launch.run_dir, plan, [s.entry.trial_id], rule) for s in skipped)
+        then = ("they stay skipped while their cells stay settled" if stay == len(skipped) else
+                f"{stay} stay skipped, {len(skipped) - stay} train in this launch (their cells in this grid are "
+                "no longer settled)")
+    return [f"  skipped so far as settled: {len(skipped)} of this grid's trials, saving {saved.summary()}; {then}"
+            + (f"; {gone}" if gone else "")]

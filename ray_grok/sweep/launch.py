@@ -35,8 +35,8 @@ from .callbacks import sweep_callbacks
 from ..results.plan import PLAN_FILE, Plan, PlanEntry
 from .grid import GridSpec, PlannedTrial
 from .rundir import (
-    LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive, prepare,
-    read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
+    LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive,
+    grid_states, prepare, read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_session, scoped_env
 from .settle import gate_for, still_settled
@@ -184,11 +184,6 @@ def _skipped_note(skipped: int, spec: GridSpec) -> str:
         return ""
     then = "kept while their cells stay settled" if spec.run.settle != "off" else "run now: run.settle is off"
     return f", {skipped} skipped as settled ({then})"
-
-
-def grid_states(run_dir: Path, trials: list[PlannedTrial]) -> list[TrialState]:
-    """The states on disk of the grid's trials, before the plan holds them (a new one is pending)."""
-    return [trial_state(run_dir, PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps)) for t in trials]
 
 
 @contextlib.contextmanager

@@ -194,6 +194,11 @@ def trial_states(run_dir: Path, plan: Plan | None = None) -> list[TrialState]:
     return [trial_state(run_dir, e) for e in plan.active]
 
 
+def grid_states(run_dir: Path, trials: list[PlannedTrial]) -> list[TrialState]:
+    """The states on disk of the grid's trials, before the plan holds them (a new one is pending)."""
+    return [trial_state(run_dir, PlanEntry(t.trial_id, t.dir, t.coords, t.config.train.steps)) for t in trials]
+
+
 def record_attempt(out: Path) -> int:
     """Count one more attempt at the trial in OUT (called by the trainable as it starts)."""
     path = out / ATTEMPTS_FILE
