@@ -68,7 +68,10 @@ def py_on(host: str, code: str, *args: Any, timeout: float = 60) -> Any:
 
 
 REASON = _skip_reason()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+# one xdist worker runs every test of the Slurm group, one after another: they share the
+# machine's test Slurm (tests/test_slurm_dev.py) or its test hosts (tests/test_hosts.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm"),
+              pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 HOSTS = json.loads((LAB / "hosts.json").read_text())["hosts"] if REASON is None else {}
 
 

@@ -54,7 +54,10 @@ def _skip_reason() -> str | None:
 
 
 REASON = _skip_reason()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+# one xdist worker runs every test of the Slurm group, one after another: they share the
+# machine's test Slurm (tests/test_slurm_dev.py) or its test hosts (tests/test_hosts.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm"),
+              pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 # Two sweep tests here have a two-host twin in tests/test_hosts.py that asserts everything they do
 # across a real network boundary (a 2-node Ray cluster of one Slurm job, every trial once, nothing
