@@ -553,7 +553,11 @@ def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
     """Slurm warns the job (USR2) mid-sweep; task 0 on rgh1 stops the driver (Tune saves its
     state), requeues the job and every task stops its Ray node; the job starts again on both hosts
     with a fresh rendezvous, forms a 2-node cluster again and resumes the sweep to its end: no
-    trial lost or run twice, a trial once done never written again, nothing left behind."""
+    trial lost or run twice, a trial once done never written again, nothing left behind.
+
+    The requeue is asserted on what Slurm records (its restart count) and on the second start, not
+    on submitit's "Requeued job" log line: on a busy machine the requeue's SIGTERM can reach task 0
+    before that line is written (seen with the suite on two workers)."""
     grid = run_dir.parent / f"{run_dir.name}.yaml"
     grid.write_text(TIME_LIMIT_GRID)
     profile = run_dir.parent / f"{run_dir.name}.profile.yaml"
@@ -568,7 +572,7 @@ def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
     job_id = submitted_job_id(res.stdout)
     log_path = run_dir / f"slurm/{job_id}/{job_id}_0_log.out"
     done_at: dict[str, float] = {}  # trial -> mtime of its metrics when first seen done
-    at_requeue: dict[str, tuple[bool, int]] = {}  # trial -> (done, step) when the requeue is in the log
+    at_requeue: dict[str, tuple[bool, int]] = {}  # trial -> (done, step) when the warning is in the log
 
     def watch() -> bool:
         if (run_dir / "plan.json").exists():
@@ -577,8 +581,9 @@ def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
             for tid, d in dirs.items():
                 if status[tid].get("state") == "done":
                     done_at.setdefault(tid, (d / "metrics.parquet").stat().st_mtime)
-            if not at_requeue and log_path.exists() and "Requeued job" in log_path.read_text():
+            if not at_requeue and log_path.exists() and "Calling checkpoint method" in log_path.read_text():
                 at_requeue.update({t: (st.get("state") == "done", st.get("step", 0)) for t, st in status.items()})
+                # the job requeues now: the limit it starts again with lets the sweep finish
                 raised = on_host(LOGIN, "scontrol", "update", f"JobId={job_id}", "TimeLimit=15")
                 assert raised.returncode == 0, raised.stderr
         return not in_queue(job_id)
@@ -586,13 +591,15 @@ def test_time_limit_requeues_the_two_host_job_and_the_sweep_completes(run_dir):
     wait_until(watch, 420, "the job to requeue at its time limit and finish the sweep", job_id)
     log = log_path.read_text()
     starts = log.count("Starting with JobEnvironment")
-    requeues = log.count("Requeued job")
+    shown = on_host(LOGIN, "scontrol", "show", "job", "-o", job_id)  # kept MinJobAge = 300 s after the end
+    record = dict(kv.split("=", 1) for kv in shown.stdout.split() if "=" in kv)
+    requeues = int(record.get("Restarts", -1))
     ups = re.findall(r"Ray cluster up: (\d+) nodes", log)
     print(f"\njob {job_id}: {requeues} requeue(s), {starts} starts, Ray cluster up {ups} nodes; at the requeue "
           f"(done, step) per trial: {sorted(at_requeue.values())}; sweep complete {time.time() - t0:.0f} s "
           "after submission")
-    assert (requeues, starts) == (1, 2), log
-    assert "Job has timed out" in log and "Calling checkpoint method" in log, log
+    assert (requeues, starts) == (1, 2), f"{record}\n{log}"
+    assert log.count("Job has timed out") == 1 and "Calling checkpoint method" in log, log
     # warned mid-sweep: training had begun and was not over (on a busy machine no trial may be done yet)
     assert any(step > 0 for _, step in at_requeue.values()) and not all(d for d, _ in at_requeue.values()), at_requeue
     assert ups == ["2"] * starts  # every start spans both hosts again
