@@ -254,27 +254,41 @@ def test_the_grids_rule_decides_the_phase(run, tmp_path):
     assert settle_evidence(run.run_dir, plan, ids(run, 4)[2], PhaseRule(threshold=0.99)).phase == NF
 
 
-def test_whether_a_launch_has_work_is_decided_on_the_grid_it_launches(tmp_path):
-    """A launch starts Ray only if a trial is left to train; a skipped trial counts as left when
-    its cell in the grid being launched (not the stored one) is no longer settled."""
+def one_cell_launcher(tmp_path):
+    """launch_of(name, **changes): the launch, into tmp_path/run, of a one-cell grid of 3 seeds with
+    run.settle majority, its grid data changed by CHANGES."""
     one_cell = grid_data(settle="majority")
     one_cell["axes"] = {"task.n_id": [4]}
 
     def launch_of(name: str, **changes):
         return resolve(write_grid(tmp_path / f"{name}.yaml", {**one_cell, **changes}), tmp_path / "run", False)
 
-    def work(launch) -> bool:
-        return launch_module._work_left(launch.run_dir, launch.spec, launch_module.grid_states(launch.run_dir,
-                                                                                               launch.trials))
+    return launch_of
 
+
+def settled_third_seed(launch_of):
+    """The first launch, prepared; seeds 0 and 1 end NF, so the gate skips seed 2 as settled."""
     first = launch_of("first")
     prepare(first.run_dir, first.spec, first.grid_text, first.trials)
     s0, s1, s2 = (first.run_dir / t.dir for t in first.trials)
     finish(s0, NF)
     finish(s1, NF)
     assert gate(first).skip(first.trials[2].trial_id, s2, 60) is not None
+    return first
+
+
+def test_whether_a_launch_has_work_is_decided_on_the_grid_it_launches(tmp_path):
+    """A launch starts Ray only if a trial is left to train; a skipped trial counts as left when
+    its cell in the grid being launched (not the stored one) is no longer settled."""
+    launch_of = one_cell_launcher(tmp_path)
+
+    def work(launch) -> bool:
+        return launch_module._work_left(launch.run_dir, launch.spec, launch_module.grid_states(launch.run_dir,
+                                                                                               launch.trials))
+
+    first = settled_third_seed(launch_of)
     assert not work(first)  # 2 done, the third skipped and still settled: nothing to train
-    assert work(launch_of("off", run={**one_cell["run"], "settle": "off"}))  # without settle it trains
+    assert work(launch_of("off", run={**grid_data(settle="majority")["run"], "settle": "off"}))  # without settle it trains
 
     # seeds 1 and 2 only: the cell {s1 NF, s2 ?} is not settled, so seed 2 must train
     assert work(launch_of("later", seeds=[1, 2]))
@@ -315,18 +329,9 @@ def test_skipped_trials_show_in_status_the_tables_and_the_dry_run(run):
 def test_the_dry_run_counts_skips_on_the_grid_it_launches(tmp_path):
     """--dry-run's "skipped so far" is about the grid being launched: a skipped seed that a changed
     grid unsettles is said to train, one the grid retires is counted apart, not in the saving."""
-    one_cell = grid_data(settle="majority")
-    one_cell["axes"] = {"task.n_id": [4]}
+    launch_of = one_cell_launcher(tmp_path)
 
-    def launch_of(name: str, **changes):
-        return resolve(write_grid(tmp_path / f"{name}.yaml", {**one_cell, **changes}), tmp_path / "run", False)
-
-    first = launch_of("first")
-    prepare(first.run_dir, first.spec, first.grid_text, first.trials)
-    s0, s1, s2 = (first.run_dir / t.dir for t in first.trials)
-    finish(s0, NF)
-    finish(s1, NF)
-    assert gate(first).skip(first.trials[2].trial_id, s2, 60) is not None
+    first = settled_third_seed(launch_of)
 
     text = dry_run_text(launch_of("same"))
     assert "skipped so far as settled: 1 of this grid's trials" in text
