@@ -11,10 +11,10 @@ from typing import Iterable
 
 from ..trial.config import TrialConfig
 from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
-from ..trial.schema import SKIPPED
+from ..trial.schema import DONE, SKIPPED
 from .grid import describe_axes
 from ..results.plan import Plan
-from .rundir import Launch, check_extension, existing_plan, grid_states, trial_states
+from .rundir import Launch, TrialState, check_extension, existing_plan, grid_states, trial_states
 from .settle import most_skippable, still_settled
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
@@ -63,6 +63,25 @@ def estimate(configs: Iterable[TrialConfig], gpus_per_trial: float, gpu_tflops: 
     return CostEstimate(len(configs), flops, 0.0, seconds / 3600, rate)
 
 
+def remaining_estimate(trials: Iterable[tuple[TrialConfig, int]], gpus_per_trial: float,
+                       gpu_tflops: float = DEFAULT_GPU_TFLOPS) -> CostEstimate:
+    """The estimate of what TRIALS (config, the step each ended at) would still have cost to the end
+    of their schedules: what stopping them early saved (run.stop, stop.py). Each trial's cost is
+    taken as even over its steps, as trial_flops spreads its evaluations."""
+    trials = list(trials)
+    parts = [(estimate([cfg], gpus_per_trial, gpu_tflops), max(0.0, 1.0 - step / cfg.train.steps))
+             for cfg, step in trials]
+    if not parts:
+        return estimate([], gpus_per_trial, gpu_tflops)
+    return CostEstimate(len(parts), sum(e.flops * f for e, f in parts), sum(e.gpu_hours * f for e, f in parts),
+                        sum(e.cpu_core_hours * f for e, f in parts), parts[0][0].assumption)
+
+
+def stopped_states(states: Iterable[TrialState]) -> list[TrialState]:
+    """The done trials that run.stop ended early (status.json's `stopped`)."""
+    return [s for s in states if s.state == DONE and s.status.get("stopped")]
+
+
 def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
     """The grid, its trials' resources and cost; for a run directory that holds a sweep already,
     what the launch would change (extend.py) and the cost of the new trials only (a kept trial
@@ -88,12 +107,17 @@ def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:
         lines += [f"  the run directory holds this sweep already: {diff.summary() if diff.changed else 'unchanged'}",
                   f"  cost of the {len(diff.new)} new trials: {new_cost.summary() if diff.new else 'nothing'}"]
         lines += skipped_lines(launch, rate)
+        lines += stopped_lines(launch, rate)
     if spec.run.settle != "off":
         best = most_skippable(trials)
         most = estimate((t.config for t in best), res.gpu, **rate)
         lines.append(f"  settle: {spec.run.settle} ({spec.run.phase_rule.rule().describe()}): at most {len(best)} "
                      f"trials skipped (the last seeds of cells whose first seeds agree), saving at most "
                      f"{most.summary() if best else 'nothing'}")
+    if spec.run.stop != "off":
+        lines.append(f"  stop: {spec.run.stop} ({spec.run.phase_rule.rule().describe()}): a trial ends once its "
+                     f"ood_test stayed at chance past {spec.run.stop_after:g} x the step where another trial of its "
+                     "depth first generalized o.o.d.; what that saves is known only as trials generalize")
     lines.append("nothing was started (--dry-run)")
     return "\n".join(lines)
 
@@ -126,3 +150,16 @@ def skipped_lines(launch: Launch, rate: dict) -> list[str]:
                 "no longer settled)")
     return [f"  skipped so far as settled: {len(skipped)} of this grid's trials, saving {saved.summary()}; {then}"
             + (f"; {gone}" if gone else "")]
+
+
+def stopped_lines(launch: Launch, rate: dict) -> list[str]:
+    """The dry run's account of the grid's trials that run.stop ended early so far, and the rest of
+    their schedules they did not train."""
+    by_id = {t.trial_id: t for t in launch.trials}
+    stopped = stopped_states(grid_states(launch.run_dir, launch.trials))
+    if not stopped:
+        return []
+    saved = remaining_estimate(((by_id[s.entry.trial_id].config, s.step) for s in stopped),
+                               launch.spec.resources.gpu, **rate)
+    return [f"  stopped early so far (run.stop, o.o.d. at chance): {len(stopped)} of this grid's trials, saving "
+            f"{saved.summary()}; they stay done"]

@@ -10,6 +10,7 @@
     resources: {cpu: 1, gpu: 0}      # per trial; fractional GPUs share one device
     run: {max_concurrent: 2, max_failures: 2}
     # run: {settle: majority, phase_rule: {threshold: 0.5}}  # skip the seeds of settled cells
+    # run: {stop: ood_chance, stop_after: 2}  # end trials at chance o.o.d. far past others' generalization
     extra: [{model.depth: 2, task.n_id: 24, task.alpha: 0.6, seeds: [3, 4]}]  # cells beyond the product (extra.py)
 
 Everything is checked when the file is loaded, before any trial starts: unknown keys (listed with
@@ -84,10 +85,15 @@ class RunSettings(_GridSection):
         "majority: a cell's pending seeds are skipped once its finished seeds' majority phase (under "
         "run.phase_rule) can no longer change (docs/sweeps.md, Settle); a later launch without it runs them",
         "off")
-    phase_rule: PhaseRuleSettings = doc("the phase rule settle classifies by", factory=PhaseRuleSettings)
+    stop: Literal["off", "ood_chance"] = doc(
+        "ood_chance: end a trial once its ood_test stayed at chance past stop_after x the step where another "
+        "trial of its depth first generalized o.o.d. (docs/sweeps.md, Stop); never without such a trial", "off")
+    stop_after: float = doc("run.stop's horizon, in multiples of that step", 2.0)
+    phase_rule: PhaseRuleSettings = doc("the phase rule settle and stop classify by", factory=PhaseRuleSettings)
 
     def check(self) -> None:
         self.need(self.max_trials >= 1, "max_trials", ">= 1")
+        self.need(self.stop_after >= 1, "stop_after", ">= 1 (a trial is stopped only past the step others took)")
         self.need(self.max_concurrent >= 0, "max_concurrent", ">= 0 (0 = as many as fit)")
         self.need(self.max_failures >= 0, "max_failures", ">= 0")
         self.need(self.state_every_s > 0, "state_every_s", "> 0")

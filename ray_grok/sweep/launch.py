@@ -40,6 +40,7 @@ from .rundir import (
 )
 from .session import concurrent_slots, ray_session, scoped_env
 from .settle import gate_for, still_settled
+from .stop import StopRule
 from .trainable import make_trainable
 
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -233,9 +234,11 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
     spec, run_dir = launch.spec, launch.run_dir
     plan = read_plan(run_dir)
     slots = concurrent_slots(spec)
-    gate = gate_for(spec.run.settle, run_dir, spec.run.phase_rule.rule())
+    rule = spec.run.phase_rule.rule()
+    gate = gate_for(spec.run.settle, run_dir, rule)
+    stop = StopRule(rule, spec.run.stop_after) if spec.run.stop != "off" else None
     trainable = tune.with_resources(make_trainable(run_dir, {e.trial_id: e.dir for e in plan.entries},
-                                                   spec.resources.cpu, gate), spec.resources.as_ray())
+                                                   spec.resources.cpu, gate, stop), spec.resources.as_ray())
     callbacks = sweep_callbacks(run_dir, echo)
     experiment = run_dir / TUNE_DIR / TUNE_EXPERIMENT
     if tune.Tuner.can_restore(experiment):

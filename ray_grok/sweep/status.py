@@ -13,7 +13,7 @@ from pathlib import Path
 from ..io import format_duration
 from ..results.plan import read_plan
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
-from .cost import CostEstimate, estimate
+from .cost import CostEstimate, estimate, remaining_estimate, stopped_states
 from .live_cost import LiveCost, cost_lines, grid_resources, live_cost, trial_config
 from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
 
@@ -39,6 +39,8 @@ class SweepStatus:
     retired: int = 0  # trials a later grid no longer holds: kept on disk, not run, not in `counts`
     cost: LiveCost | None = None  # what is left, at the measured speed per depth (live_cost.py)
     saved: CostEstimate | None = None  # what the skipped trials would have cost (None: none skipped)
+    stopped: int = 0  # done trials run.stop ended early (stop.py)
+    stop_saved: CostEstimate | None = None  # the rest of their schedules (None: none, or unreadable)
 
     @property
     def skipped(self) -> int:
@@ -79,10 +81,12 @@ def sweep_status(run_dir: str | Path, now: float | None = None) -> SweepStatus:
         if eta is None and s_per_step and running:
             left = sum(s.entry.steps - s.step for s in states if s.state not in (DONE, FAILED))
             eta = left * s_per_step / running
+    stopped = stopped_states(states)
     shown = {k: counts[k] for k in ORDER} | {k: v for k, v in sorted(counts.items()) if k.startswith(SKIPPED_PREFIX)}
     return SweepStatus(plan.name, run_dir, shown, steps_done, steps_total, driver, alive,
                        eta, s_per_step, [s for s in states if s.state == FAILED], len(plan.retired),
-                       cost=live_cost(run_dir, states), saved=skipped_cost(run_dir, skipped))
+                       cost=live_cost(run_dir, states), saved=skipped_cost(run_dir, skipped),
+                       stopped=len(stopped), stop_saved=stopped_cost(run_dir, stopped))
 
 
 def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | None:
@@ -96,6 +100,17 @@ def skipped_cost(run_dir: Path, skipped: list[TrialState]) -> CostEstimate | Non
     if resources is None or not configs:
         return None
     return estimate(configs, resources.gpu)
+
+
+def stopped_cost(run_dir: Path, stopped: list[TrialState]) -> CostEstimate | None:
+    """The rest of the stopped trials' schedules, at cost.py's estimate (as skipped_cost)."""
+    if not stopped:
+        return None
+    resources = grid_resources(run_dir)
+    done = [(c, s.step) for c, s in ((trial_config(run_dir / s.entry.dir), s) for s in stopped) if c is not None]
+    if resources is None or not done:
+        return None
+    return remaining_estimate(done, resources.gpu)
 
 
 def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = None) -> str:
@@ -116,6 +131,8 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         + (f" (and {st.retired} retired: no longer in the grid, kept on disk, not run)" if st.retired else ""),
         *([f"  skipped {st.skipped} trials whose cell was settled (run.settle): saved {st.saved.summary()}; "
            "a launch without run.settle runs them"] if st.saved else []),
+        *([f"  stopped {st.stopped} done trials early, o.o.d. at chance (run.stop; the evidence in their "
+           "status.json)" + (f": saved {st.stop_saved.summary()}" if st.stop_saved else "")] if st.stopped else []),
         f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
         + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),

@@ -16,31 +16,38 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..io import read_json, write_json
 from ..trial.config import config_from_dict
 from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, SCALAR_EVAL_COLUMNS
 from .rundir import LOG_FILE, record_attempt, record_failure
 from .settle import Gate, NoGate
+from .stop import StopRule, SweepStopper
+
+if TYPE_CHECKING:
+    from ..trial.run import Stopper  # torch: imported where a trial runs, not by the driver
 
 TRIAL_LOCK_WAIT_S = 30.0
 
 
-def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float, gate: Gate = NoGate()
-                   ) -> Callable[[dict], None]:
+def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float, gate: Gate = NoGate(),
+                   stop: StopRule | None = None) -> Callable[[dict], None]:
     """A Tune function trainable over configs {"trial_id": ...}. The run directory is bound here,
     not stored in Tune's state, so a moved RUN_DIR still resumes. GATE (settle.py) is asked
-    before each trial trains, and may skip it."""
+    before each trial trains, and may skip it; STOP (stop.py, run.stop) after each evaluation, and
+    may end it."""
     run_dir = Path(run_dir)
 
     def ray_grok_trial(config: dict) -> None:
-        run_one(run_dir / dirs[config["trial_id"]], config["trial_id"], cpus, gate)
+        trial_id = config["trial_id"]
+        stopper = SweepStopper(stop, run_dir, trial_id) if stop is not None else None
+        run_one(run_dir / dirs[trial_id], trial_id, cpus, gate, stopper)
 
     return ray_grok_trial
 
 
-def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate()) -> None:
+def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(), stop: Stopper | None = None) -> None:
     """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log. A trial
     the gate skips returns without training (and without counting an attempt): Tune sees it
     complete, its status.json says skipped."""
@@ -85,7 +92,7 @@ def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate()) -> Non
             # a retried attempt may start while the worker of the one before still winds down;
             # runtime.threads 0 (auto): the CPUs Ray gave the trial, not every core of the machine
             run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S,
-                      auto_threads=max(1, int(cpus)))
+                      auto_threads=max(1, int(cpus)), stop=stop)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):  # a full disk: the driver records it (FailureRecorder)

@@ -7,7 +7,6 @@ checkpoint and ends bit-identical (on CPU) to an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -27,6 +26,7 @@ from .data import BatchSampler, EvalSet, TaskSets, make_eval_sets, make_task_set
 from .evaluate import evaluate
 from .model import Transformer, z_positions
 from .optim import build_optimizer, lr_multiplier, set_lr
+from .resume import Progress, latest_state, restore
 from .outputs import MetricsLog, NullBoard, TensorBoard, status_record
 from .schema import (
     CHECKPOINT_DIR, CONFIG_FILE, DONE, FAILED, INTERRUPTED, METRICS_FILE, RUNNING, SETS, STATUS_FILE, TASKS_FILE,
@@ -40,6 +40,14 @@ class Reporter(Protocol):
     def __call__(self, row: dict, *, checkpointed: bool, step: int) -> None: ...
 
 
+class Stopper(Protocol):
+    """Asked after every evaluation whether the trial ends here (the sweep layer's run.stop,
+    sweep/stop.py): ROWS are the trial's evaluations so far, the last one just made. A record (why,
+    with the evidence) ends the trial as done at this step; None trains on."""
+
+    def __call__(self, rows: list[dict]) -> dict | None: ...
+
+
 @dataclass(frozen=True)
 class TrialResult:
     """A finished trial (run_trial raises for any other outcome)."""
@@ -49,6 +57,7 @@ class TrialResult:
     best_value: float
     early_stopped: bool
     already_done: bool = False
+    stopped: dict | None = None  # why a Stopper ended it (status.json's `stopped`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,57 +176,6 @@ def evaluate_all(parts: TrialParts) -> dict:
     return row
 
 
-# ---------------------------------------------------------------------------------------------
-# State for exact resume
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Progress:
-    """What the loop carries between steps besides the model: saved in every 'latest' checkpoint."""
-
-    step: int = 0
-    best_value: float = float("nan")
-    best_step: int = -1
-    evals_since_best: int = 0
-    early_stopped: bool = False
-    elapsed: float = 0.0  # training wall time before this process
-
-
-def capture_rng() -> dict:
-    # the loop draws only from torch: the sampler's own generator (saved with the sampler) and the
-    # global generators saved here; numpy/python random are used only before training (task draw)
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_state(parts: TrialParts, progress: Progress) -> dict:
-    return {
-        "step": progress.step,
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "sampler": parts.sampler.state_dict(),
-        "rng": capture_rng(),
-        "progress": dataclasses.asdict(progress),
-        "config": parts.cfg.to_dict(),
-    }
-
-
-def restore(parts: TrialParts, state: dict) -> Progress:
-    parts.model.load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.sampler.load_state_dict(state["sampler"])
-    restore_rng(state["rng"])
-    return Progress(**state["progress"])
-
-
 def is_better(value: float, best: float, monitor: str) -> bool:
     if math.isnan(best):
         return not math.isnan(value)
@@ -236,24 +194,26 @@ def run_trial(
     tensorboard: bool = True,
     lock_wait_s: float = 0.0,
     auto_threads: int = AUTO_THREADS,
+    stop: Stopper | None = None,
 ) -> TrialResult:
     """Train one trial into `out`, resuming from its last checkpoint if it has one. Refused at
     once (or after lock_wait_s) while another process trains in `out`: two writers of one
     trial's checkpoints and metrics would interleave their steps. `auto_threads`: torch's threads
-    when runtime.threads is 0 (a sweep passes the CPUs Ray gave the trial)."""
+    when runtime.threads is 0 (a sweep passes the CPUs Ray gave the trial). `stop`: asked after
+    each evaluation whether to end the trial there (a sweep's run.stop)."""
     out = Path(out)
     with trial_lock(out, wait_s=lock_wait_s):
-        return _run_locked(cfg, out, reporter, echo, tensorboard, auto_threads)
+        return _run_locked(cfg, out, reporter, echo, tensorboard, auto_threads, stop)
 
 
 def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Callable[[str], None],
-                tensorboard: bool, auto_threads: int) -> TrialResult:
+                tensorboard: bool, auto_threads: int, stop: Stopper | None = None) -> TrialResult:
     status = read_status(out)
     if status and status.get("state") == DONE and (out / CONFIG_FILE).exists():
         prepare_dir(cfg, out)  # still refuse a different config
         echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
-        return TrialResult(status["step"], status.get("best_step", -1),
-                           status.get("best_value", float("nan")), status.get("early_stopped", False), True)
+        return TrialResult(status["step"], status.get("best_step", -1), status.get("best_value", float("nan")),
+                           status.get("early_stopped", False), True, status.get("stopped"))
     check_fits(cfg, resolve_device(cfg.runtime.device))  # before config.json: a smaller config may follow
     prepare_dir(cfg, out)
     parts = build_parts(cfg, auto_threads)
@@ -279,7 +239,7 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     write_json(out / STATUS_FILE, status_record(RUNNING, progress.step, cfg.train.steps))
 
     try:
-        _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo)
+        stopped = _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo, stop)
     except NonFiniteLossError as exc:
         write_json(out / STATUS_FILE, status_record(FAILED, progress.step, cfg.train.steps, error=str(exc)))
         raise
@@ -291,18 +251,23 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
         raise
     finally:
         board.close()
-    result = TrialResult(progress.step, progress.best_step, progress.best_value, progress.early_stopped)
+    result = TrialResult(progress.step, progress.best_step, progress.best_value, progress.early_stopped,
+                         stopped=stopped)
     write_json(out / STATUS_FILE, status_record(
         DONE, progress.step, cfg.train.steps, best_step=progress.best_step, best_value=progress.best_value,
-        early_stopped=progress.early_stopped, wall_time=progress.elapsed))
+        early_stopped=progress.early_stopped, wall_time=progress.elapsed,
+        **({"stopped": stopped} if stopped else {})))
     echo(f"done: step {progress.step}, best {cfg.checkpoint.monitor} {progress.best_value:.4f} "
-         f"at step {progress.best_step}" + (" (early stop)" if progress.early_stopped else ""))
+         f"at step {progress.best_step}" + (" (early stop)" if progress.early_stopped else "")
+         + (f" (stopped: {stopped.get('reason', 'by the sweep')})" if stopped else ""))
     return result
 
 
 def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path, out: Path,
-          reporter: Reporter | None, echo: Callable[[str], None]) -> None:
+          reporter: Reporter | None, echo: Callable[[str], None], stop: Stopper | None = None) -> dict | None:
+    """Train to the end of the schedule, an early stop, or a Stopper's record (returned)."""
     cfg = parts.cfg
+    stopped: dict | None = None
     steps, tokens_per_step = cfg.train.steps, cfg.train.batch_size * cfg.seq_len
     t_start = time.perf_counter() - progress.elapsed
     window_t, window_step = time.perf_counter(), progress.step
@@ -324,7 +289,7 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
         last_checked = done
 
     first = progress.step + 1  # this process's first step: timed for the ETA in the banner's wake
-    while progress.step < steps and not progress.early_stopped:
+    while progress.step < steps and not progress.early_stopped and stopped is None:
         t_step = time.perf_counter()
         loss = train_step(parts, progress.step)
         progress.step += 1
@@ -348,6 +313,9 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
             if cfg.checkpoint.patience and progress.evals_since_best >= cfg.checkpoint.patience:
                 progress.early_stopped = True
                 is_ckpt = True
+            if stop is not None and done < steps:
+                stopped = stop(metrics.rows)
+                is_ckpt = is_ckpt or stopped is not None  # the model it ends with stays on disk
             write_json(out / STATUS_FILE, status_record(RUNNING, done, steps, best_step=progress.best_step,
                                                         best_value=progress.best_value))
         if is_ckpt:
@@ -369,6 +337,9 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
     if progress.early_stopped:
         echo(f"early stop at step {progress.step}: no better {cfg.checkpoint.monitor} "
              f"in {cfg.checkpoint.patience} evaluations")
+    if stopped is not None:
+        echo(f"stopped at step {progress.step} of {steps}: {stopped.get('why', stopped)}")
+    return stopped
 
 
 def _evaluate_and_record(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path,
