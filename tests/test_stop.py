@@ -176,6 +176,16 @@ def test_the_evidence_is_read_again_only_after_refresh_s(run):
     assert stopper(at_chance) is not None
 
 
+def test_the_other_trials_are_not_read_while_the_own_curve_does_not_qualify(run):
+    d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
+    write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.9))
+    stopper = SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, refresh_s=0)
+    assert stopper(curve(range(20, 201, 20), ood_test=0.4)) is None  # left chance: never stopped
+    assert stopper._siblings is None and stopper._crossings == {}
+    assert stopper(curve(range(20, 201, 20))) is not None
+    assert stopper._crossings == {d1n8.trial_id: 20}
+
+
 def test_an_unreadable_sibling_is_no_evidence(run):
     d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
     (run.run_dir / d1n8.dir / METRICS_FILE).write_bytes(b"not parquet")

@@ -132,21 +132,24 @@ class SweepStopper:
     _read_at: float = float("-inf")
 
     def __call__(self, rows: list[dict]) -> dict | None:
-        if self._siblings is None:
-            self._load()
-        if self.stop.qualifies(rows, self._p) is None:  # the common case: nothing to read
+        if not self._p:
+            own = next(e for e in read_plan(self.run_dir).active if e.trial_id == self.trial_id)
+            self._p = int(read_json(self.run_dir / own.dir / CONFIG_FILE)["task"]["p"])
+        if self.stop.qualifies(rows, self._p) is None:  # the common case: nothing else to read
             return None
+        if self._siblings is None:
+            self._siblings = self._same_depth()
         if time.monotonic() - self._read_at >= self.refresh_s:
             self._read_crossings()
         return self.stop.decide(rows, self._p, self._crossings)
 
-    def _load(self) -> None:
+    def _same_depth(self) -> dict[str, Path]:
+        """The current grid's other trials of this trial's depth (read once: the plan is fixed for
+        the length of a launch)."""
         plan = read_plan(self.run_dir)
         depth = {e.trial_id: read_json(self.run_dir / e.dir / CONFIG_FILE)["model"]["depth"] for e in plan.active}
-        own = next(e for e in plan.active if e.trial_id == self.trial_id)
-        self._p = int(read_json(self.run_dir / own.dir / CONFIG_FILE)["task"]["p"])
-        self._siblings = {e.trial_id: self.run_dir / e.dir for e in plan.active
-                          if e.trial_id != self.trial_id and depth[e.trial_id] == depth[self.trial_id]}
+        return {e.trial_id: self.run_dir / e.dir for e in plan.active
+                if e.trial_id != self.trial_id and depth[e.trial_id] == depth[self.trial_id]}
 
     def _read_crossings(self) -> None:
         assert self._siblings is not None
