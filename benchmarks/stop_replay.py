@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ray_grok.io import read_json
 from ray_grok.results.phases import PhaseRule
+from ray_grok.sweep.rundir import trial_config
 from ray_grok.sweep.stop import StopRule, chance_band, first_fit, row_phases
 from ray_grok.trial.schema import CONFIG_FILE, METRICS_FILE
 
@@ -52,24 +52,27 @@ def main() -> None:
     stop = StopRule(rule, args.after)
     column = f"ood_test_{args.metric}"
 
-    trials = trials_under(args.paths)
     curves, info = {}, {}
-    for d in trials:
-        cfg = read_json(d / CONFIG_FILE)
+    for d in trials_under(args.paths):
+        cfg = trial_config(d)
+        if cfg is None:
+            print(f"skipped {d}: its config.json cannot be read")
+            continue
         rows = sorted(pq.read_table(d / METRICS_FILE).to_pylist(), key=lambda r: r["step"])
         curves[d] = rows
-        p, depth = int(cfg["task"]["p"]), int(cfg["model"]["depth"])
+        p, depth = cfg.task.p, cfg.model.depth
         flags = [stop.qualifies(rows[:k + 1], p) is not None for k in range(len(rows))]
         # the first evaluation from which the own curve qualifies at every later one
         k = len(flags)
         while k and flags[k - 1]:
             k -= 1
         own = int(rows[k]["step"]) if k < len(rows) else None
-        info[d] = {"p": p, "depth": depth, "steps": int(cfg["train"]["steps"]), "last": int(rows[-1]["step"]),
+        info[d] = {"p": p, "depth": depth, "steps": cfg.train.steps, "last": int(rows[-1]["step"]),
                    "max": max(r[column] for r in rows), "band": chance_band(p, args.threshold),
                    "cross": first_fit([r["step"] for r in rows], [r[column] for r in rows], args.threshold),
                    "qualifies": own}
 
+    trials = list(curves)
     print(f"{len(trials)} trials; {rule.describe()}; band: halfway from chance to the threshold; after {args.after:g}"
           + (f"; assuming a trial of every depth first generalized at step {args.assume_crossing}"
              if args.assume_crossing is not None else ""))

@@ -8,6 +8,7 @@ the stopper reads them as it reads a running sweep's, without training.
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,7 @@ from conftest import tiny_config
 from ray_grok.cli import main
 from ray_grok.errors import GridError
 from ray_grok.results.phases import PHASES, PhaseRule
-from ray_grok.results.plan import read_plan
+from ray_grok.results.plan import PLAN_FILE, Plan, read_plan
 from ray_grok.sweep.cost import dry_run_text, estimate
 from ray_grok.sweep.grid import grid_from_dict
 from ray_grok.sweep.rundir import prepare, resolve
@@ -51,7 +52,9 @@ def row(step: int, id_train: float = 0.95, id_test: float = 0.2, ood_train: floa
 
 
 def curve(steps, **accs) -> list[dict]:
-    return [row(s, **accs) for s in steps]
+    """Evaluations at STEPS with ACCS, from step 1 on (a trial evaluates at step 1 first)."""
+    steps = list(steps)
+    return [row(s, **accs) for s in ([1] if steps[0] != 1 else []) + steps]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +96,9 @@ def test_no_trial_of_its_depth_generalized_so_nothing_is_stopped():
 @pytest.mark.parametrize("touch_at", [100, 500, 1000])
 def test_a_trial_that_ever_left_chance_is_not_stopped(touch_at):
     rows = curve(range(100, 1001, 100))
-    rows[touch_at // 100 - 1] = row(touch_at, ood_test=0.33)  # above the band 0.321, under the threshold
+    rows[touch_at // 100] = row(touch_at, ood_test=0.33)  # above the band 0.321, under the threshold
     assert StopRule(RULE).decide(rows, P, {"a": 100}) is None
-    rows[touch_at // 100 - 1] = row(touch_at, ood_test=0.32)  # just under it
+    rows[touch_at // 100] = row(touch_at, ood_test=0.32)  # just under it
     assert StopRule(RULE).decide(rows, P, {"a": 100}) is not None
 
 
@@ -105,10 +108,20 @@ def test_a_trial_that_has_not_fitted_its_tasks_is_never_stopped():
     assert StopRule(RULE).decide(curve(range(100, 10_001, 100), id_train=0.3), P, {"a": 100}) is None
 
 
+def test_a_curve_without_its_beginning_or_with_a_nan_is_not_judged():
+    """Metrics that restarted after a damaged file lack the evaluations where the trial may have
+    left chance; a NaN accuracy is no evidence of being at chance."""
+    rows = curve(range(100, 1001, 100))
+    assert StopRule(RULE).decide(rows, P, {"a": 100}) is not None
+    assert StopRule(RULE).decide(rows[1:], P, {"a": 100}) is None
+    rows[3] = row(300, ood_test=float("nan"))
+    assert StopRule(RULE).decide(rows, P, {"a": 100}) is None
+
+
 def test_a_trial_whose_phase_changed_in_the_second_half_is_not_stopped():
-    fitted_late = curve(range(100, 601, 100), id_train=0.1) + curve(range(700, 1001, 100))  # NF, then IM at 700
+    fitted_late = curve(range(100, 601, 100), id_train=0.1) + curve(range(700, 1001, 100))[1:]  # NF, then IM at 700
     assert StopRule(RULE).decide(fitted_late, P, {"a": 100}) is None
-    fitted_early = curve(range(100, 401, 100), id_train=0.1) + curve(range(500, 1001, 100))  # IM from 500 on
+    fitted_early = curve(range(100, 401, 100), id_train=0.1) + curve(range(500, 1001, 100))[1:]  # IM from 500 on
     record = StopRule(RULE).decide(fitted_early, P, {"a": 100})
     assert record is not None and record["phase"] == IM and record["phase_since"] == 500
 
@@ -149,17 +162,17 @@ def test_the_evidence_is_the_first_crossing_of_the_other_trials_of_its_depth(run
     d1n4, d1n8, d2n4, d2n8 = (trial(run, d, n) for d in (1, 2) for n in (4, 8))
     rule = StopRule(RULE)
     at_chance = curve(range(20, 201, 20))
-    stopper = SweepStopper(rule, run.run_dir, d1n4.trial_id, refresh_s=0)
+    stopper = SweepStopper(rule, run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)
     assert stopper(at_chance) is None  # no other trial has metrics yet
 
     # depth 2 generalizes at step 40: no evidence for a depth-1 trial
-    write_metrics(run.run_dir / d2n8.dir, curve((20, 40, 60), ood_test=0.1)[:1] + curve((40, 60), ood_test=0.9))
+    write_metrics(run.run_dir / d2n8.dir, curve((20,), ood_test=0.1) + curve((40, 60), ood_test=0.9)[1:])
     assert stopper(at_chance) is None
-    assert SweepStopper(rule, run.run_dir, d2n4.trial_id, refresh_s=0)(at_chance)["generalized"] == {
+    assert SweepStopper(rule, run.run_dir, d2n4.trial_id, P, 2, refresh_s=0)(at_chance)["generalized"] == {
         d2n8.trial_id: 40}
 
     # its own depth, first crossing at 60: horizon 120, so a trial at step 200 stops, one at 100 does not
-    write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.2) + curve((60, 80), ood_test=0.6))
+    write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.2) + curve((60, 80), ood_test=0.6)[1:])
     assert stopper(at_chance[:5]) is None
     record = stopper(at_chance)
     assert record is not None and record["generalized"] == {d1n8.trial_id: 60} and record["horizon"] == 120
@@ -167,7 +180,7 @@ def test_the_evidence_is_the_first_crossing_of_the_other_trials_of_its_depth(run
 
 def test_the_evidence_is_read_again_only_after_refresh_s(run):
     d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
-    stopper = SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, refresh_s=3600)
+    stopper = SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=3600)
     at_chance = curve(range(20, 201, 20))
     assert stopper(at_chance) is None  # read once: nothing yet
     write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.9))
@@ -178,18 +191,36 @@ def test_the_evidence_is_read_again_only_after_refresh_s(run):
 
 def test_the_other_trials_are_not_read_while_the_own_curve_does_not_qualify(run):
     d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
-    write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.9))
-    stopper = SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, refresh_s=0)
+    write_metrics(run.run_dir / d1n8.dir, curve((20,), ood_test=0.1) + curve((40,), ood_test=0.9)[1:])
+    stopper = SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)
     assert stopper(curve(range(20, 201, 20), ood_test=0.4)) is None  # left chance: never stopped
     assert stopper._siblings is None and stopper._crossings == {}
     assert stopper(curve(range(20, 201, 20))) is not None
-    assert stopper._crossings == {d1n8.trial_id: 20}
+    assert stopper._crossings == {d1n8.trial_id: 40}
 
 
 def test_an_unreadable_sibling_is_no_evidence(run):
     d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
     (run.run_dir / d1n8.dir / METRICS_FILE).write_bytes(b"not parquet")
-    assert SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, refresh_s=0)(curve(range(20, 201, 20))) is None
+    assert SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)(curve(range(20, 201, 20))) is None
+
+
+def test_a_retired_trial_or_one_without_a_readable_config_gives_no_evidence(run):
+    """A trial the grid no longer holds does not vote (as in the phase table); a sibling whose
+    config.json is damaged is left out instead of failing the trial that asks."""
+    d1n4, d1n8 = trial(run, 1, 4), trial(run, 1, 8)
+    write_metrics(run.run_dir / d1n8.dir, curve((20, 40), ood_test=0.9))
+    plan = read_plan(run.run_dir)
+    retired = Plan(plan.name, tuple(replace(e, retired=e.trial_id == d1n8.trial_id) for e in plan.entries),
+                   plan.max_failures)
+    (run.run_dir / PLAN_FILE).write_text(json.dumps(retired.to_json()))
+    at_chance = curve(range(20, 201, 20))
+    assert SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)(at_chance) is None
+
+    (run.run_dir / PLAN_FILE).write_text(json.dumps(plan.to_json()))
+    assert SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)(at_chance) is not None
+    (run.run_dir / d1n8.dir / "config.json").write_text('{"model": {}}')
+    assert SweepStopper(StopRule(RULE), run.run_dir, d1n4.trial_id, P, 1, refresh_s=0)(at_chance) is None
 
 
 @pytest.mark.parametrize("run_settings, expected", [
@@ -264,6 +295,30 @@ def test_run_trial_ends_done_at_a_stoppers_record_and_stays_done(tmp_path):
     assert again.already_done and again.step == 40 and again.stopped["reason"] == "test"
 
 
+@pytest.mark.slow
+def test_a_trial_killed_right_after_its_stop_ends_there_again_on_resume(tmp_path):
+    """The stop is saved with the stop step's checkpoint: a trial that dies before status.json says
+    done (here its reporter fails at the stop step) resumes as stopped, without a stopper, and
+    does not train on."""
+    cfg = tiny_config("train.steps=100", "eval.every=20", "checkpoint.every=50")
+
+    def stop(rows):
+        return {"reason": "test", "why": "enough"} if rows[-1]["step"] == 40 else None
+
+    def dies_at_the_stop(row, *, checkpointed, step):
+        if step == 40:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_trial(cfg, tmp_path, reporter=dies_at_the_stop, echo=lambda line: None, tensorboard=False, stop=stop)
+    assert json.loads((tmp_path / STATUS_FILE).read_text())["state"] != DONE
+    result = run_trial(cfg, tmp_path, echo=lambda line: None, tensorboard=False)
+    assert result.step == 40 and result.stopped == {"reason": "test", "why": "enough"}
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert status["state"] == DONE and status["step"] == 40 and status["stopped"]["reason"] == "test"
+    assert pq.read_table(tmp_path / METRICS_FILE)["step"].to_pylist() == [1, 20, 40]
+
+
 RAY_TMP = f"/tmp/rgstop-{os.getpid()}"
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GROK_TEMP_DIR": RAY_TMP, "RAY_GROK_NUM_CPUS": "2"}
 
@@ -306,7 +361,7 @@ def test_a_sweep_with_stop_ends_a_trial_at_chance_past_its_depths_generalization
     launch = resolve(grid, out, False)
     prepare(launch.run_dir, launch.spec, launch.grid_text, launch.trials)
     trains, done = launch.trials
-    write_metrics(out / done.dir, curve((1, 50), ood_test=0.1) + curve((100, 400), ood_test=0.95))
+    write_metrics(out / done.dir, curve((1, 50), ood_test=0.1) + curve((100, 400), ood_test=0.95)[1:])
     (out / done.dir / STATUS_FILE).write_text(json.dumps(status_record(DONE, 400, 400, best_step=400, wall_time=1.0)))
 
     result = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])

@@ -11,11 +11,12 @@ from typing import Iterable
 
 from ..trial.config import TrialConfig
 from ..trial.flops import CPU_GFLOPS_PER_CORE, CPU_RATE_SOURCE, trial_flops
-from ..trial.schema import DONE, SKIPPED
+from ..trial.schema import SKIPPED
 from .grid import describe_axes
 from ..results.plan import Plan
-from .rundir import Launch, TrialState, check_extension, existing_plan, grid_states, trial_states
+from .rundir import Launch, check_extension, existing_plan, grid_states, trial_states
 from .settle import most_skippable, still_settled
+from .stop import stopped_states
 
 # Achieved model FLOP/s per GPU. No GPU measurement of benchmarks/throughput.py is recorded yet;
 # this is the rate the authors' own runs imply: a depth-6 trial (2.2e18 FLOPs, trial_flops)
@@ -75,11 +76,6 @@ def remaining_estimate(trials: Iterable[tuple[TrialConfig, int]], gpus_per_trial
         return estimate([], gpus_per_trial, gpu_tflops)
     return CostEstimate(len(parts), sum(e.flops * f for e, f in parts), sum(e.gpu_hours * f for e, f in parts),
                         sum(e.cpu_core_hours * f for e, f in parts), parts[0][0].assumption)
-
-
-def stopped_states(states: Iterable[TrialState]) -> list[TrialState]:
-    """The done trials that run.stop ended early (status.json's `stopped`)."""
-    return [s for s in states if s.state == DONE and s.status.get("stopped")]
 
 
 def dry_run_text(launch: Launch, gpu_tflops: float | None = None) -> str:

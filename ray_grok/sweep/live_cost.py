@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError
-from ..io import format_duration, read_json_or
-from ..trial.config import TrialConfig, config_from_dict
+from ..io import format_duration
 from ..trial.flops import CPU_GFLOPS_PER_CORE, trial_flops
-from ..trial.schema import CONFIG_FILE, DONE, FAILED, SKIPPED
+from ..trial.schema import DONE, FAILED, SKIPPED
 from .cost import DEFAULT_GPU_TFLOPS
 from .grid import Resources, read_grid_yaml
-from .rundir import GRID_FILE, TrialState
+from .rundir import GRID_FILE, TrialState, trial_config
 
 MEASURED = "measured"  # the rate of this depth's finished trials
 SCALED = "scaled"  # no trial of this depth finished: the rate of the nearest depth that has one
@@ -122,15 +121,6 @@ def grid_resources(run_dir: Path) -> Resources | None:
         data = read_grid_yaml(run_dir / GRID_FILE)
         raw = (data.get("resources") or {}) if isinstance(data, Mapping) else None
         return Resources.from_mapping(raw) if isinstance(raw, Mapping) else None
-    except ConfigError:
-        return None
-
-
-def trial_config(trial_dir: Path) -> TrialConfig | None:
-    """The trial's stored config; None where it is missing or unreadable (status goes on without it)."""
-    data = read_json_or(trial_dir / CONFIG_FILE, None)
-    try:
-        return None if data is None else config_from_dict(data)
     except ConfigError:
         return None
 

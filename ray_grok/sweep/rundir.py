@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from ..errors import DiskFullError, GridError, RunDirError
+from ..errors import ConfigError, DiskFullError, GridError, RunDirError
 from ..io import atomic_write_text, describe_holder, hold_lock, private_dir, read_json_or, system_dir, write_json
 from ..results.plan import PLAN_FILE, Plan, PlanEntry, read_plan
+from ..trial.config import TrialConfig, config_from_dict
 from ..trial.outputs import status_record
 from ..trial.schema import CONFIG_FILE, FAILED, PENDING, RUNNING, STATUS_FILE
 from .extend import PlanDiff, extended_plan, history_name, plan_diff, set_aside
@@ -186,6 +187,16 @@ def trial_state(run_dir: Path, entry: PlanEntry) -> TrialState:
     state = status.get("state", PENDING)
     return TrialState(entry, state, int(status.get("step", 0)), status.get("error") or attempts.get("last_error"),
                       int(attempts.get("attempts", 0)), status)
+
+
+def trial_config(trial_dir: Path) -> TrialConfig | None:
+    """The trial's stored config; None where it is missing or unreadable (status and run.stop go on
+    without it)."""
+    data = read_json_or(trial_dir / CONFIG_FILE, None)
+    try:
+        return None if data is None else config_from_dict(data)
+    except ConfigError:
+        return None
 
 
 def trial_states(run_dir: Path, plan: Plan | None = None) -> list[TrialState]:

@@ -13,9 +13,10 @@ from pathlib import Path
 from ..io import format_duration
 from ..results.plan import read_plan
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED, state_label
-from .cost import CostEstimate, estimate, remaining_estimate, stopped_states
-from .live_cost import LiveCost, cost_lines, grid_resources, live_cost, trial_config
-from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_states
+from .cost import CostEstimate, estimate, remaining_estimate
+from .live_cost import LiveCost, cost_lines, grid_resources, live_cost
+from .stop import stopped_states
+from .rundir import SLURM_DIR, TrialState, driver_alive, read_driver, slurm_jobs, trial_config, trial_states
 
 # status.json says interrupted (Ctrl-C), or running but no driver is alive (a killed driver)
 ERRORED = "errored"  # status.json says failed

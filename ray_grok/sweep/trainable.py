@@ -10,13 +10,14 @@ itself; a finished trial returns at once).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..io import read_json, write_json
 from ..trial.config import config_from_dict
@@ -24,9 +25,6 @@ from ..trial.schema import CHECKPOINT_DIR, CONFIG_FILE, SCALAR_EVAL_COLUMNS
 from .rundir import LOG_FILE, record_attempt, record_failure
 from .settle import Gate, NoGate
 from .stop import StopRule, SweepStopper
-
-if TYPE_CHECKING:
-    from ..trial.run import Stopper  # torch: imported where a trial runs, not by the driver
 
 TRIAL_LOCK_WAIT_S = 30.0
 
@@ -41,13 +39,15 @@ def make_trainable(run_dir: Path, dirs: dict[str, str], cpus: float, gate: Gate 
 
     def ray_grok_trial(config: dict) -> None:
         trial_id = config["trial_id"]
-        stopper = SweepStopper(stop, run_dir, trial_id) if stop is not None else None
+        # the trial's chance and depth come from its config, read in run_one
+        stopper = functools.partial(SweepStopper, stop, run_dir, trial_id) if stop is not None else None
         run_one(run_dir / dirs[trial_id], trial_id, cpus, gate, stopper)
 
     return ray_grok_trial
 
 
-def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(), stop: Stopper | None = None) -> None:
+def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(),
+            stopper_for: Callable[[int, int], SweepStopper] | None = None) -> None:
     """One attempt at the trial in OUT, inside a Tune worker; output goes to OUT/train.log. A trial
     the gate skips returns without training (and without counting an attempt): Tune sees it
     complete, its status.json says skipped."""
@@ -56,6 +56,7 @@ def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(), stop: 
     from ..trial.run import run_trial
 
     cfg = config_from_dict(read_json(out / CONFIG_FILE))
+    stopper = stopper_for(cfg.task.p, cfg.model.depth) if stopper_for is not None else None
     settled = gate.skip(trial_id, out, cfg.train.steps)
     if settled is not None:
         with open(out / LOG_FILE, "a") as logf:
@@ -92,7 +93,7 @@ def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(), stop: 
             # a retried attempt may start while the worker of the one before still winds down;
             # runtime.threads 0 (auto): the CPUs Ray gave the trial, not every core of the machine
             run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S,
-                      auto_threads=max(1, int(cpus)), stop=stop)
+                      auto_threads=max(1, int(cpus)), stop=stopper)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):  # a full disk: the driver records it (FailureRecorder)

@@ -23,6 +23,9 @@ class Progress:
     evals_since_best: int = 0
     early_stopped: bool = False
     elapsed: float = 0.0  # training wall time before this process
+    # why a Stopper ended the trial (its record): saved with the stop step's checkpoint, so a trial
+    # killed before status.json said done ends there again on resume instead of training on
+    stopped: dict | None = None
 
 
 def capture_rng() -> dict:

@@ -239,7 +239,7 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     write_json(out / STATUS_FILE, status_record(RUNNING, progress.step, cfg.train.steps))
 
     try:
-        stopped = _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo, stop)
+        _loop(parts, progress, metrics, board, ckpt_dir, out, reporter, echo, stop)
     except NonFiniteLossError as exc:
         write_json(out / STATUS_FILE, status_record(FAILED, progress.step, cfg.train.steps, error=str(exc)))
         raise
@@ -251,23 +251,23 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
         raise
     finally:
         board.close()
+    stopped = progress.stopped
     result = TrialResult(progress.step, progress.best_step, progress.best_value, progress.early_stopped,
                          stopped=stopped)
     write_json(out / STATUS_FILE, status_record(
         DONE, progress.step, cfg.train.steps, best_step=progress.best_step, best_value=progress.best_value,
         early_stopped=progress.early_stopped, wall_time=progress.elapsed,
-        **({"stopped": stopped} if stopped else {})))
+        **({"stopped": stopped} if stopped is not None else {})))
     echo(f"done: step {progress.step}, best {cfg.checkpoint.monitor} {progress.best_value:.4f} "
          f"at step {progress.best_step}" + (" (early stop)" if progress.early_stopped else "")
-         + (f" (stopped: {stopped.get('reason', 'by the sweep')})" if stopped else ""))
+         + (f" (stopped: {stopped.get('reason', 'by the sweep')})" if stopped is not None else ""))
     return result
 
 
 def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path, out: Path,
-          reporter: Reporter | None, echo: Callable[[str], None], stop: Stopper | None = None) -> dict | None:
-    """Train to the end of the schedule, an early stop, or a Stopper's record (returned)."""
+          reporter: Reporter | None, echo: Callable[[str], None], stop: Stopper | None = None) -> None:
+    """Train to the end of the schedule, an early stop, or a Stopper's record (progress.stopped)."""
     cfg = parts.cfg
-    stopped: dict | None = None
     steps, tokens_per_step = cfg.train.steps, cfg.train.batch_size * cfg.seq_len
     t_start = time.perf_counter() - progress.elapsed
     window_t, window_step = time.perf_counter(), progress.step
@@ -289,7 +289,7 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
         last_checked = done
 
     first = progress.step + 1  # this process's first step: timed for the ETA in the banner's wake
-    while progress.step < steps and not progress.early_stopped and stopped is None:
+    while progress.step < steps and not progress.early_stopped and progress.stopped is None:
         t_step = time.perf_counter()
         loss = train_step(parts, progress.step)
         progress.step += 1
@@ -313,9 +313,9 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
             if cfg.checkpoint.patience and progress.evals_since_best >= cfg.checkpoint.patience:
                 progress.early_stopped = True
                 is_ckpt = True
-            if stop is not None and done < steps:
-                stopped = stop(metrics.rows)
-                is_ckpt = is_ckpt or stopped is not None  # the model it ends with stays on disk
+            if stop is not None and done < steps and not progress.early_stopped:
+                progress.stopped = stop(metrics.rows)
+                is_ckpt = is_ckpt or progress.stopped is not None  # the model it ends with stays on disk
             write_json(out / STATUS_FILE, status_record(RUNNING, done, steps, best_step=progress.best_step,
                                                         best_value=progress.best_value))
         if is_ckpt:
@@ -337,9 +337,8 @@ def _loop(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckp
     if progress.early_stopped:
         echo(f"early stop at step {progress.step}: no better {cfg.checkpoint.monitor} "
              f"in {cfg.checkpoint.patience} evaluations")
-    if stopped is not None:
-        echo(f"stopped at step {progress.step} of {steps}: {stopped.get('why', stopped)}")
-    return stopped
+    if progress.stopped is not None:
+        echo(f"stopped at step {progress.step} of {steps}: {progress.stopped.get('why', progress.stopped)}")
 
 
 def _evaluate_and_record(parts: TrialParts, progress: Progress, metrics: MetricsLog, board, ckpt_dir: Path,
