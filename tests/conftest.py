@@ -7,7 +7,9 @@ test without the mark, starting a process or taking a training step fails the te
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
+import tempfile
 from typing import Any, Iterator
 
 import pytest
@@ -35,6 +37,17 @@ def tiny_config(*extra: str) -> TrialConfig:
 @pytest.fixture
 def tiny() -> TrialConfig:
     return tiny_config()
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """The environment of a Ray the code under test starts for itself: a temp dir of its own, short
+    (Ray's socket paths must fit 107 bytes), no auth token, 2 CPUs; the temp dir is removed after."""
+    tmp = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+    for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_GROK_TEMP_DIR": tmp, "RAY_GROK_NUM_CPUS": "2"}.items():
+        monkeypatch.setenv(k, v)
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

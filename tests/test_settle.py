@@ -7,8 +7,6 @@ with the accuracies of a chosen phase: the decision reads them through the same 
 results tables, so they exercise it without training.
 """
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,6 @@ from test_sweep import TINY_BASE  # the tiny trial every real-Ray sweep test run
 
 NF, IM, IG, OM, OG = PHASES
 FITS = {NF: (0, 0, 0, 0), IM: (1, 0, 0, 0), IG: (1, 1, 0, 0), OM: (1, 0, 1, 0), OG: (1, 1, 1, 1)}
-
 
 
 def grid_data(name: str = "settle", seeds: int = 3, **run) -> dict:
@@ -378,22 +375,9 @@ def test_status_without_skips_says_nothing_of_settle(run):
 # On a real local Ray
 # ---------------------------------------------------------------------------------------------
 
-RAY_TMP = f"/tmp/rgset-{os.getpid()}"
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GROK_TEMP_DIR": RAY_TMP, "RAY_GROK_NUM_CPUS": "2"}
-
-
-@pytest.fixture
-def ray_env():
-    mp = pytest.MonkeyPatch()
-    for k, v in RAY_ENV.items():
-        mp.setenv(k, v)
-    yield
-    mp.undo()
-    shutil.rmtree(RAY_TMP, ignore_errors=True)
-
 
 @pytest.mark.slow
-def test_a_sweep_with_settle_skips_the_last_seed_and_a_launch_without_it_runs_it(tmp_path, ray_env):
+def test_a_sweep_with_settle_skips_the_last_seed_and_a_launch_without_it_runs_it(tmp_path, local_ray):
     """One cell, 3 seeds, one trial at a time (seed-major: seeds 0 and 1 finish before seed 2
     starts). The grid's rule (threshold 0.01: a set fits at 1% accuracy, below chance 1/7) makes
     every tiny trial "ood generalization", so the first two seeds agree whatever they learn."""

@@ -6,8 +6,6 @@ The fast tests write the files other trials leave (metrics.parquet rows with cho
 the stopper reads them as it reads a running sweep's, without training.
 """
 import json
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -319,20 +317,6 @@ def test_a_trial_killed_right_after_its_stop_ends_there_again_on_resume(tmp_path
     assert pq.read_table(tmp_path / METRICS_FILE)["step"].to_pylist() == [1, 20, 40]
 
 
-RAY_TMP = f"/tmp/rgstop-{os.getpid()}"
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GROK_TEMP_DIR": RAY_TMP, "RAY_GROK_NUM_CPUS": "2"}
-
-
-@pytest.fixture
-def ray_env():
-    mp = pytest.MonkeyPatch()
-    for k, v in RAY_ENV.items():
-        mp.setenv(k, v)
-    yield
-    mp.undo()
-    shutil.rmtree(RAY_TMP, ignore_errors=True)
-
-
 # the conftest's tiny trial (2 random tasks mod 7, width 64) as a grid base: seed 0 fits its tasks
 # (id_train 0.69 at step 100, 0.95 at 200) while id_test stays at 0.44-0.56 and ood_test at 0.13-0.23
 TRAINS = {
@@ -346,7 +330,7 @@ TRAINS = {
 
 
 @pytest.mark.slow
-def test_a_sweep_with_stop_ends_a_trial_at_chance_past_its_depths_generalization(tmp_path, ray_env):
+def test_a_sweep_with_stop_ends_a_trial_at_chance_past_its_depths_generalization(tmp_path, local_ray):
     """Two trials of depth 2 (n_id 2 and 4, seed 0). The n_id 4 one is written as finished, having
     first reached ood_test 0.95 at step 100 (a tiny trial never generalizes, so the evidence is
     written, as a trial of an earlier launch of the run would have left it); n_id 2 trains. The
