@@ -124,6 +124,15 @@ TUNE_RUN_LOGGER = "ray.tune.tune"
 TUNE_RESUME_ADVICE = ("Resume experiment with", "Resume training with")
 
 
+def tune_terminated(experiment: Path) -> set[str]:
+    """The trial ids (config["trial_id"]) that Tune's saved EXPERIMENT holds as finished
+    (TERMINATED): Tuner.restore does not run them again, whatever their directories say."""
+    from ray.tune import ExperimentAnalysis
+
+    require("ray")
+    return {t.config.get("trial_id") for t in ExperimentAnalysis(str(experiment)).trials if t.status == "TERMINATED"}
+
+
 def unreadable_tune_state(experiment: Path) -> str | None:
     """Why Tune could not unpickle the state it saved in EXPERIMENT (tuner.pkl, its search state),
     or None when it can (or there is none). Checked before Tuner.restore, whose own error would be

@@ -7,6 +7,7 @@ with the accuracies of a chosen phase: the decision reads them through the same 
 results tables, so they exercise it without training.
 """
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from ray_grok.sweep.settle import (
 from ray_grok.sweep.status import format_status, sweep_status
 from ray_grok.trial.outputs import status_record
 from ray_grok.trial.schema import (
-    BY_SHOT_COLUMNS, DONE, FAILED, METRICS_FILE, METRICS_SCHEMA, RUNNING, SET_METRICS, SETS, SKIPPED,
+    BY_SHOT_COLUMNS, CHECKPOINT_DIR, DONE, FAILED, METRICS_FILE, METRICS_SCHEMA, RUNNING, SET_METRICS, SETS, SKIPPED,
     STATUS_FILE,
 )
 
@@ -378,6 +379,7 @@ def test_status_without_skips_says_nothing_of_settle(run):
 
 @pytest.mark.slow
 def test_a_sweep_with_settle_skips_the_last_seed_and_a_launch_without_it_runs_it(tmp_path, local_ray):
+    # (and a seed emptied by hand is run again, though Tune's experiment holds it as finished)
     """One cell, 3 seeds, one trial at a time (seed-major: seeds 0 and 1 finish before seed 2
     starts). The grid's rule (threshold 0.01: a set fits at 1% accuracy, below chance 1/7) makes
     every tiny trial "ood generalization", so the first two seeds agree whatever they learn."""
@@ -406,6 +408,19 @@ def test_a_sweep_with_settle_skips_the_last_seed_and_a_launch_without_it_runs_it
     assert again.exit_code == 0, again.output
     assert "2 done, 0 errored, 0 unfinished, 1 skipped" in again.output
     assert json.loads((out / plan.entries[2].dir / STATUS_FILE).read_text())["state"] == SKIPPED
+
+    # a seed emptied by hand: Tune's experiment holds it, and the seed skipped on its evidence, as
+    # finished, and would not run them; it is set aside and a fresh one runs what is not done:
+    # seed 1 trains again and settles its cell again, so seed 2 is skipped again
+    for name in (STATUS_FILE, METRICS_FILE):
+        (out / plan.entries[1].dir / name).unlink()
+    shutil.rmtree(out / plan.entries[1].dir / CHECKPOINT_DIR)
+    emptied = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
+    assert emptied.exit_code == 0, emptied.output
+    assert "holds 2 trials as finished that have work left on disk" in emptied.output
+    assert "2 done, 0 errored, 0 unfinished, 1 skipped" in emptied.output
+    states = [json.loads((out / e.dir / STATUS_FILE).read_text()) for e in plan.entries]
+    assert [s["state"] for s in states] == [DONE, DONE, SKIPPED] and states[1]["step"] == 60
 
     # the same grid without settle: the skipped trial runs; the finished ones are kept
     data["run"].pop("settle")

@@ -32,11 +32,12 @@ from ..io import disk_full, disk_full_line, format_duration
 from ..results.aggregate import AggregateSummary, aggregate
 from ..trial.schema import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, SKIPPED
 from .callbacks import sweep_callbacks
-from ..results.plan import PLAN_FILE, Plan, PlanEntry
-from .grid import GridSpec, PlannedTrial
+from .extend import set_aside
+from ..results.plan import PLAN_FILE, Plan
+from .grid import GridSpec
 from .rundir import (
     LOCK_FILE, TUNE_DIR, TUNE_EXPERIMENT, Launch, TrialState, check_extension, disk_full_error, driver_alive,
-    grid_states, prepare, read_driver, read_plan, run_lock, trial_state, trial_states, write_driver,
+    grid_states, prepare, read_driver, read_plan, run_lock, trial_states, write_driver,
 )
 from .session import concurrent_slots, ray_session, scoped_env
 from .settle import gate_for, still_settled
@@ -198,6 +199,26 @@ def _ray(spec: GridSpec) -> Iterator[dict[str, float]]:
         yield timing
 
 
+def _held_finished(run_dir: Path, spec: GridSpec, plan: Plan, experiment: Path) -> list[str]:
+    """The trials with work left on disk that Tune's saved EXPERIMENT holds as finished: a done or
+    skipped trial whose files were removed by hand (pending again), or a skipped one whose cell is
+    no longer settled. The trial directories are the truth; Tune's state would leave them unrun."""
+    states = trial_states(run_dir, plan)
+    rule = spec.run.phase_rule.rule()
+    left = [s.entry.trial_id for s in states
+            if s.state in (PENDING, RUNNING, INTERRUPTED)
+            or (s.state == SKIPPED and (spec.run.settle == "off" or not still_settled(run_dir, plan, [s.entry.trial_id],
+                                                                                       rule)))]
+    if not left:
+        return []
+    try:
+        with _quiet_result_grid():
+            finished = compat.tune_terminated(experiment)
+    except Exception:  # noqa: BLE001 - a guard only: Tuner.restore reads the same state and says what is wrong
+        return []
+    return [t for t in left if t in finished]
+
+
 def check_tune_state(run_dir: Path, driver: dict) -> None:
     """Refuse, saying what to do, a Tune state that this version cannot unpickle (one written by a
     ray-grok whose objects it pickled no longer exist), instead of Tune's unpickling traceback."""
@@ -241,7 +262,16 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
                                                    spec.resources.cpu, gate, stop), spec.resources.as_ray())
     callbacks = sweep_callbacks(run_dir, echo)
     experiment = run_dir / TUNE_DIR / TUNE_EXPERIMENT
-    if tune.Tuner.can_restore(experiment):
+    restore = tune.Tuner.can_restore(experiment)
+    held = _held_finished(run_dir, spec, plan, experiment) if restore else []
+    if held:
+        aside = set_aside(experiment)
+        echo(f"Tune's experiment holds {len(held)} trials as finished that have work left on disk ({', '.join(held[:3])}"
+             f"{', ...' if len(held) > 3 else ''}: emptied by hand, or skipped and no longer settled); Tune would not "
+             f"run them again, so it is set aside as {aside.name if aside else '?'} and a fresh one runs every trial "
+             "not done")
+        restore = False
+    if restore:
         with _quiet_result_grid():
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
         compat.set_callbacks(tuner, callbacks)  # not the ones pickled at the first launch
