@@ -292,6 +292,15 @@ def test_run_trial_ends_done_at_a_stoppers_record_and_stays_done(tmp_path):
     again = run_trial(cfg, tmp_path, echo=lambda line: None, tensorboard=False, stop=stop)
     assert again.already_done and again.step == 40 and again.stopped["reason"] == "test"
 
+    # without the stop (a sweep whose run.stop is off): it trains on from its stop to the end
+    lines = []
+    on = run_trial(cfg, tmp_path, echo=lines.append, tensorboard=False, resume_stopped=True)
+    assert not on.already_done and on.step == 100 and on.stopped is None
+    assert any("it was stopped there (test); it trains on to step 100" in line for line in lines)
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert status["state"] == DONE and status["step"] == 100 and "stopped" not in status
+    assert pq.read_table(tmp_path / METRICS_FILE)["step"].to_pylist() == [1, 20, 40, 60, 80, 100]
+
 
 @pytest.mark.slow
 def test_a_trial_killed_right_after_its_stop_ends_there_again_on_resume(tmp_path):
@@ -357,7 +366,8 @@ def test_a_sweep_with_stop_ends_a_trial_at_chance_past_its_depths_generalization
     assert stopped["reason"] == STOP_REASON and stopped["generalized"] == {done.trial_id: 100}
     assert stopped["horizon"] == 200 and stopped["phase"] == IM and stopped["step"] == status["step"]
     assert stopped["ood_test_max"] < stopped["band"] == pytest.approx(chance_band(7, 0.6))
-    assert pq.read_table(out / trains.dir / METRICS_FILE)["step"].to_pylist()[-1] == status["step"]
+    before = pq.read_table(out / trains.dir / METRICS_FILE)["step"].to_pylist()
+    assert before[-1] == status["step"]
     assert f"stopped at step {status['step']} of 400" in (out / trains.dir / "train.log").read_text()
 
     shown = CliRunner().invoke(main, ["status", str(out)])
@@ -371,3 +381,18 @@ def test_a_sweep_with_stop_ends_a_trial_at_chance_past_its_depths_generalization
     assert again.exit_code == 0 and "2 done, 0 errored, 0 unfinished" in again.output
     assert json.loads((out / trains.dir / STATUS_FILE).read_text()) == status
     assert read_plan(out).ids == [trains.trial_id, done.trial_id]
+
+    # the same grid without run.stop trains it on to the end of its schedule; the other is kept
+    del data["run"]["stop"]
+    dry = CliRunner().invoke(main, ["launch", str(write_grid(grid, data)), "--out", str(out), "--dry-run"])
+    assert "this launch trains them on to their schedules' end (run.stop is off)" in dry.output
+    off = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out)])
+    assert off.exit_code == 0, off.output
+    assert "run.stop: 'ood_chance' -> 'off'" in off.output and "2 done, 0 errored, 0 unfinished" in off.output
+    after = json.loads((out / trains.dir / STATUS_FILE).read_text())
+    assert after["state"] == DONE and after["step"] == 400 and "stopped" not in after
+    # one curve: the evaluations up to the stop kept, the rest of the schedule's after them
+    steps = pq.read_table(out / trains.dir / METRICS_FILE)["step"].to_pylist()
+    assert steps == before + list(range(status["step"] + 50, 401, 50))
+    assert json.loads((out / done.dir / STATUS_FILE).read_text())["step"] == 400  # kept as written
+    assert "trials early" not in CliRunner().invoke(main, ["status", str(out)]).output

@@ -157,5 +157,7 @@ def stopped_lines(launch: Launch, rate: dict) -> list[str]:
         return []
     saved = remaining_estimate(((by_id[s.entry.trial_id].config, s.step) for s in stopped),
                                launch.spec.resources.gpu, **rate)
+    then = ("this launch trains them on to their schedules' end (run.stop is off)" if launch.spec.run.stop == "off"
+            else "they stay done")
     return [f"  stopped early so far (run.stop, o.o.d. at chance): {len(stopped)} of this grid's trials, saving "
-            f"{saved.summary()}; they stay done"]
+            f"{saved.summary()}; {then}"]

@@ -41,7 +41,7 @@ from .rundir import (
 )
 from .session import concurrent_slots, ray_session, scoped_env
 from .settle import gate_for, still_settled
-from .stop import StopRule
+from .stop import StopRule, left_to_train
 from .trainable import make_trainable
 
 FINISHED, STOPPED = "finished", "stopped"  # driver states in sweep.json besides running
@@ -170,7 +170,7 @@ def _launch(launch: Launch, echo: Callable[[str], None]) -> SweepOutcome:
 def _work_left(run_dir: Path, spec: GridSpec, grid: list[TrialState]) -> bool:
     """Whether this launch needs Ray and Tune: a trial is not done, unless it is skipped as settled
     and settle would skip it again (then there is nothing to train)."""
-    left = [s for s in grid if s.state != DONE]
+    left = [s for s in grid if left_to_train(s, spec.run.stop)]
     if any(s.state != SKIPPED for s in left):
         return True
     if not left:
@@ -206,7 +206,7 @@ def _held_finished(run_dir: Path, spec: GridSpec, plan: Plan, experiment: Path) 
     states = trial_states(run_dir, plan)
     rule = spec.run.phase_rule.rule()
     left = [s.entry.trial_id for s in states
-            if s.state in (PENDING, RUNNING, INTERRUPTED)
+            if s.state in (PENDING, RUNNING, INTERRUPTED) or (s.state == DONE and left_to_train(s, spec.run.stop))
             or (s.state == SKIPPED and (spec.run.settle == "off" or not still_settled(run_dir, plan, [s.entry.trial_id],
                                                                                        rule)))]
     if not left:
@@ -278,7 +278,7 @@ def _fit(launch: Launch, echo: Callable[[str], None]) -> dict[str, float]:
     else:
         if experiment.exists():  # killed before Tune's first snapshot: nothing in it to keep
             shutil.rmtree(experiment)
-        todo = [s.entry.trial_id for s in trial_states(run_dir, plan) if s.state != DONE]
+        todo = [s.entry.trial_id for s in trial_states(run_dir, plan) if left_to_train(s, spec.run.stop)]
         if not todo:
             return {"fit_s": 0.0}
         tuner = tune.Tuner(

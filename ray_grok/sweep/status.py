@@ -133,7 +133,8 @@ def format_status(st: SweepStatus, max_errors: int = 50, now: float | None = Non
         *([f"  skipped {st.skipped} trials whose cell was settled (run.settle): saved {st.saved.summary()}; "
            "a launch without run.settle runs them"] if st.saved else []),
         *([f"  stopped {st.stopped} done trials early, o.o.d. at chance (run.stop; the evidence in their "
-           "status.json)" + (f": saved {st.stop_saved.summary()}" if st.stop_saved else "")] if st.stopped else []),
+           "status.json)" + (f": saved {st.stop_saved.summary()}" if st.stop_saved else "")
+           + "; a launch without run.stop trains them on"] if st.stopped else []),
         f"  progress {pct:.1f}% of training steps ({st.steps_done:,} / {st.steps_total:,})"
         + (f" | ETA {format_duration(st.eta_s)}" if st.alive else "")
         + (f" | {st.s_per_step * 1000:.1f} ms/step in finished trials" if st.s_per_step else ""),

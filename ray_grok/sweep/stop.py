@@ -28,10 +28,11 @@ Why in the trial, from the files: as with settle (settle.py), the files are the 
 evidence is read only when the trial's own curve already qualifies (3 to 5), and the other trials'
 metrics at most every REFRESH_S seconds, a file only when it changed; a crossing once seen is kept.
 
-A stopped trial is done: its status says so (`stopped`), its last checkpoint is the stop step, its
-results row and phase are read there, and a later launch leaves it done (like an early stop by
-checkpoint.patience). Trials that still train when a sibling generalizes later may have been stopped
-on a shorter horizon: the record keeps the evidence the decision had.
+A stopped trial is done: its status says so (`stopped`), its last checkpoint is the stop step, and
+its results row and phase are read there. A later launch with run.stop leaves it done; one without
+(run.stop off) trains it on from that checkpoint to the end of its schedule, as a launch without
+run.settle runs settle's skipped trials. Trials that still train when a sibling generalizes later
+may have been stopped on a shorter horizon: the record keeps the evidence the decision had.
 """
 from __future__ import annotations
 
@@ -183,3 +184,9 @@ class SweepStopper:
 def stopped_states(states: Iterable[TrialState]) -> list[TrialState]:
     """The done trials that run.stop ended early (status.json's `stopped`)."""
     return [s for s in states if s.state == DONE and s.status.get("stopped")]
+
+
+def left_to_train(state: TrialState, stop: str) -> bool:
+    """Whether a launch with run.stop STOP has training left for the trial: one not done, or one
+    run.stop ended when the launch runs without it (it trains on to its schedule's end)."""
+    return state.state != DONE or (stop == "off" and bool(state.status.get("stopped")))

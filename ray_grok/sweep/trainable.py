@@ -93,7 +93,8 @@ def run_one(out: Path, trial_id: str, cpus: float, gate: Gate = NoGate(),
             # a retried attempt may start while the worker of the one before still winds down;
             # runtime.threads 0 (auto): the CPUs Ray gave the trial, not every core of the machine
             run_trial(cfg, out, reporter=reporter, echo=echo, tensorboard=True, lock_wait_s=TRIAL_LOCK_WAIT_S,
-                      auto_threads=max(1, int(cpus)), stop=stopper)
+                      auto_threads=max(1, int(cpus)), stop=stopper,
+                      resume_stopped=stopper is None)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(OSError):  # a full disk: the driver records it (FailureRecorder)

@@ -195,21 +195,25 @@ def run_trial(
     lock_wait_s: float = 0.0,
     auto_threads: int = AUTO_THREADS,
     stop: Stopper | None = None,
+    resume_stopped: bool = False,
 ) -> TrialResult:
     """Train one trial into `out`, resuming from its last checkpoint if it has one. Refused at
     once (or after lock_wait_s) while another process trains in `out`: two writers of one
     trial's checkpoints and metrics would interleave their steps. `auto_threads`: torch's threads
     when runtime.threads is 0 (a sweep passes the CPUs Ray gave the trial). `stop`: asked after
-    each evaluation whether to end the trial there (a sweep's run.stop)."""
+    each evaluation whether to end the trial there (a sweep's run.stop). `resume_stopped`: a trial
+    a Stopper ended trains on from its stop to the end of its schedule (a sweep without run.stop)."""
     out = Path(out)
     with trial_lock(out, wait_s=lock_wait_s):
-        return _run_locked(cfg, out, reporter, echo, tensorboard, auto_threads, stop)
+        return _run_locked(cfg, out, reporter, echo, tensorboard, auto_threads, stop, resume_stopped)
 
 
 def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Callable[[str], None],
-                tensorboard: bool, auto_threads: int, stop: Stopper | None = None) -> TrialResult:
+                tensorboard: bool, auto_threads: int, stop: Stopper | None = None,
+                resume_stopped: bool = False) -> TrialResult:
     status = read_status(out)
-    if status and status.get("state") == DONE and (out / CONFIG_FILE).exists():
+    train_on = resume_stopped and bool(status and status.get("stopped"))
+    if status and status.get("state") == DONE and (out / CONFIG_FILE).exists() and not train_on:
         prepare_dir(cfg, out)  # still refuse a different config
         echo(f"trial in {out} is already finished (step {status['step']}); nothing to do")
         return TrialResult(status["step"], status.get("best_step", -1), status.get("best_value", float("nan")),
@@ -227,6 +231,10 @@ def _run_locked(cfg: TrialConfig, out: Path, reporter: Reporter | None, echo: Ca
     if state is not None:
         progress = restore(parts, state)
         echo(f"resuming {out} from step {progress.step}")
+        if resume_stopped and progress.stopped is not None:
+            echo(f"it was stopped there ({progress.stopped.get('reason', 'by a sweep')}); it trains on to step "
+                 f"{cfg.train.steps}")
+            progress.stopped = None
     echo(console.banner(cfg, parts.device, sum(p.numel() for p in parts.model.parameters())))
     warning = console.size_warning(cfg, parts.device)
     if warning:
