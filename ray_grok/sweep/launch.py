@@ -206,9 +206,9 @@ def _held_finished(run_dir: Path, spec: GridSpec, plan: Plan, experiment: Path) 
     states = trial_states(run_dir, plan)
     rule = spec.run.phase_rule.rule()
     left = [s.entry.trial_id for s in states
-            if s.state in (PENDING, RUNNING, INTERRUPTED) or (s.state == DONE and left_to_train(s, spec.run.stop))
-            or (s.state == SKIPPED and (spec.run.settle == "off" or not still_settled(run_dir, plan, [s.entry.trial_id],
-                                                                                       rule)))]
+            if s.state != FAILED and left_to_train(s, spec.run.stop)  # Tune retries failed ones itself
+            and (s.state != SKIPPED or spec.run.settle == "off"
+                 or not still_settled(run_dir, plan, [s.entry.trial_id], rule))]
     if not left:
         return []
     try:
